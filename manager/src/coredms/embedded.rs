@@ -1,0 +1,510 @@
+//! The embedded backend: one SQLite database per tenant (`<data>/embedded/<tenant>.sqlite`),
+//! nothing to install.
+//!
+//! Each tenant's database has one writer thread that owns the write connection (SQLite has one
+//! writer at a time) and takes commands over a bounded channel; each write is one transaction
+//! with a cached prepared statement. Reads open their own connection (WAL lets them run beside
+//! the writer). Tables are `STRICT, WITHOUT ROWID` with the declared primary key, so a row is
+//! stored once per key and `INSERT OR REPLACE` makes writes idempotent. The declared schemas
+//! are kept in `mysimbdp_tables`, accounting in `mysimbdp_usage`.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use rusqlite::types::{ToSqlOutput, ValueRef};
+use rusqlite::{Connection, OpenFlags, OptionalExtension, ToSql, params};
+use tokio::sync::oneshot;
+
+use super::{
+    ColumnType, CoreDms, Page, Rows, StoreError, StoreErrorKind, TableSchema, TenantStorage, TenantStore, Value,
+    WriteLimiter, Written, find_table,
+};
+use crate::tenants::TenantId;
+
+/// The embedded backend.
+pub struct EmbeddedDms {
+    dir: PathBuf,
+    limiter: Arc<WriteLimiter>,
+    open: Mutex<HashMap<TenantId, Arc<EmbeddedTenant>>>,
+}
+
+impl EmbeddedDms {
+    /// Databases live in `dir` (created if missing).
+    pub fn new(dir: &Path, limiter: Arc<WriteLimiter>) -> Result<Self, StoreError> {
+        std::fs::create_dir_all(dir).map_err(|e| internal(format!("cannot create {}: {e}", dir.display())))?;
+        Ok(EmbeddedDms {
+            dir: dir.to_path_buf(),
+            limiter,
+            open: Mutex::default(),
+        })
+    }
+}
+
+#[async_trait]
+impl CoreDms for EmbeddedDms {
+    fn backend(&self) -> &'static str {
+        "embedded"
+    }
+
+    async fn open_tenant(&self, tenant: &TenantStorage) -> Result<Arc<dyn TenantStore>, StoreError> {
+        if let Some(open) = self.open.lock().unwrap_or_else(|e| e.into_inner()).get(&tenant.tenant) {
+            return Ok(open.clone());
+        }
+        let path = self.dir.join(format!("{}.sqlite", tenant.tenant));
+        let tenant_id = tenant.tenant.clone();
+        let limiter = Arc::clone(&self.limiter);
+        let store = tokio::task::spawn_blocking(move || EmbeddedTenant::open(tenant_id, path, limiter))
+            .await
+            .map_err(|e| internal(format!("opening the database failed: {e}")))??;
+        let store = Arc::new(store);
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        Ok(open.entry(tenant.tenant.clone()).or_insert(store).clone())
+    }
+}
+
+enum Command {
+    EnsureTable(TableSchema, oneshot::Sender<Result<(), StoreError>>),
+    Write(Rows, oneshot::Sender<Result<Written, StoreError>>),
+    RecordUsage(String, u64, u64, oneshot::Sender<Result<(), StoreError>>),
+}
+
+/// One tenant's database.
+pub struct EmbeddedTenant {
+    tenant: TenantId,
+    path: PathBuf,
+    commands: std::sync::mpsc::SyncSender<Command>,
+    limiter: Arc<WriteLimiter>,
+}
+
+impl EmbeddedTenant {
+    fn open(tenant: TenantId, path: PathBuf, limiter: Arc<WriteLimiter>) -> Result<Self, StoreError> {
+        let connection = Connection::open(&path).map_err(|e| sqlite_error(&tenant, "opening the database", e))?;
+        connection
+            .execute_batch(
+                "PRAGMA journal_mode = WAL;
+                 PRAGMA synchronous = NORMAL;
+                 PRAGMA busy_timeout = 10000;
+                 CREATE TABLE IF NOT EXISTS mysimbdp_tables (name TEXT PRIMARY KEY, schema TEXT NOT NULL) STRICT;
+                 CREATE TABLE IF NOT EXISTS mysimbdp_usage (source TEXT PRIMARY KEY, rows INTEGER NOT NULL, bytes INTEGER NOT NULL) STRICT;",
+            )
+            .map_err(|e| sqlite_error(&tenant, "preparing the database", e))?;
+        let (commands, receiver) = std::sync::mpsc::sync_channel(4);
+        let writer_tenant = tenant.clone();
+        std::thread::Builder::new()
+            .name(format!("sqlite-{tenant}"))
+            .spawn(move || writer_loop(&writer_tenant, connection, &receiver))
+            .map_err(|e| internal(format!("cannot start the writer of {tenant}: {e}")))?;
+        Ok(EmbeddedTenant {
+            tenant,
+            path,
+            commands,
+            limiter,
+        })
+    }
+
+    async fn command<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<T, StoreError>>) -> Command,
+    ) -> Result<T, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        let commands = self.commands.clone();
+        let command = make(reply);
+        tokio::task::spawn_blocking(move || commands.send(command))
+            .await
+            .map_err(|e| internal(format!("the writer queue failed: {e}")))?
+            .map_err(|_| internal(format!("the writer of tenant {} stopped", self.tenant)))?;
+        answer
+            .await
+            .map_err(|_| internal(format!("the writer of tenant {} stopped", self.tenant)))?
+    }
+
+    /// Runs a read on a fresh read-only connection on the blocking pool.
+    async fn read<T: Send + 'static>(
+        &self,
+        what: &'static str,
+        f: impl FnOnce(&Connection, &[TableSchema]) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let path = self.path.clone();
+        let tenant = self.tenant.clone();
+        tokio::task::spawn_blocking(move || {
+            let connection = Connection::open_with_flags(
+                &path,
+                OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            )
+            .map_err(|e| sqlite_error(&tenant, what, e))?;
+            connection
+                .busy_timeout(std::time::Duration::from_secs(10))
+                .map_err(|e| sqlite_error(&tenant, what, e))?;
+            let tables = load_tables(&connection).map_err(|e| sqlite_error(&tenant, what, e))?;
+            f(&connection, &tables)
+        })
+        .await
+        .map_err(|e| internal(format!("{what} failed: {e}")))?
+    }
+}
+
+#[async_trait]
+impl TenantStore for EmbeddedTenant {
+    fn tenant(&self) -> &TenantId {
+        &self.tenant
+    }
+
+    async fn ensure_table(&self, table: &TableSchema) -> Result<(), StoreError> {
+        let table = table.clone();
+        self.command(|reply| Command::EnsureTable(table, reply)).await
+    }
+
+    async fn write(&self, rows: Rows) -> Result<Written, StoreError> {
+        if rows.is_empty() {
+            return Ok(Written::default());
+        }
+        let _permit = self.limiter.acquire(&self.tenant).await;
+        self.command(|reply| Command::Write(rows, reply)).await
+    }
+
+    async fn tables(&self) -> Result<Vec<TableSchema>, StoreError> {
+        self.read("listing tables", |_, tables| Ok(tables.to_vec())).await
+    }
+
+    async fn read_page(&self, table: &str, page: Option<&str>, limit: usize) -> Result<Page, StoreError> {
+        let (table, page, tenant) = (table.to_string(), page.map(str::to_string), self.tenant.clone());
+        self.read("reading rows", move |connection, tables| {
+            let schema = find_table(tables, &tenant, &table)?;
+            read_page(connection, &tenant, schema, page.as_deref(), limit.clamp(1, 10_000))
+        })
+        .await
+    }
+
+    async fn count(&self, table: &str) -> Result<u64, StoreError> {
+        let (table, tenant) = (table.to_string(), self.tenant.clone());
+        self.read("counting rows", move |connection, tables| {
+            let schema = find_table(tables, &tenant, &table)?;
+            let count: i64 = connection
+                .query_row(&format!("SELECT COUNT(*) FROM {}", quoted(&schema.name)), [], |r| {
+                    r.get(0)
+                })
+                .map_err(|e| sqlite_error(&tenant, "counting rows", e))?;
+            Ok(count as u64)
+        })
+        .await
+    }
+
+    async fn record_usage(&self, source: &str, rows: u64, bytes: u64) -> Result<(), StoreError> {
+        let source = source.to_string();
+        self.command(|reply| Command::RecordUsage(source, rows, bytes, reply))
+            .await
+    }
+
+    async fn stored_bytes(&self) -> Result<u64, StoreError> {
+        let tenant = self.tenant.clone();
+        self.read("reading usage", move |connection, _| {
+            let bytes: i64 = connection
+                .query_row("SELECT COALESCE(SUM(bytes), 0) FROM mysimbdp_usage", [], |r| r.get(0))
+                .map_err(|e| sqlite_error(&tenant, "reading usage", e))?;
+            Ok(bytes as u64)
+        })
+        .await
+    }
+}
+
+fn writer_loop(tenant: &TenantId, mut connection: Connection, commands: &std::sync::mpsc::Receiver<Command>) {
+    while let Ok(command) = commands.recv() {
+        match command {
+            Command::EnsureTable(table, reply) => {
+                let _ = reply.send(ensure_table(&mut connection, tenant, &table));
+            }
+            Command::Write(rows, reply) => {
+                let _ = reply.send(write_rows(&mut connection, tenant, &rows));
+            }
+            Command::RecordUsage(source, rows, bytes, reply) => {
+                let result = connection
+                    .execute(
+                        "INSERT OR REPLACE INTO mysimbdp_usage (source, rows, bytes) VALUES (?1, ?2, ?3)",
+                        params![source, rows as i64, bytes as i64],
+                    )
+                    .map(|_| ())
+                    .map_err(|e| sqlite_error(tenant, "recording usage", e));
+                let _ = reply.send(result);
+            }
+        }
+    }
+}
+
+fn ensure_table(connection: &mut Connection, tenant: &TenantId, table: &TableSchema) -> Result<(), StoreError> {
+    let transaction = connection
+        .transaction()
+        .map_err(|e| sqlite_error(tenant, "creating a table", e))?;
+    let existing: Option<String> = transaction
+        .query_row(
+            "SELECT schema FROM mysimbdp_tables WHERE name = ?1",
+            [&table.name],
+            |r| r.get(0),
+        )
+        .optional()
+        .map_err(|e| sqlite_error(tenant, "creating a table", e))?;
+    if let Some(existing) = existing {
+        let existing: TableSchema = serde_json::from_str(&existing)
+            .map_err(|e| internal(format!("table {} of {tenant} has a corrupt schema: {e}", table.name)))?;
+        if existing != *table {
+            return Err(StoreError::new(
+                StoreErrorKind::Schema,
+                format!(
+                    "tenant {tenant} already has a table {} with another schema: {}",
+                    table.name,
+                    existing.difference(table)
+                ),
+            ));
+        }
+        return Ok(());
+    }
+    let columns: Vec<String> = table
+        .columns
+        .iter()
+        .map(|c| {
+            format!(
+                "{} {}{}",
+                quoted(&c.name),
+                sqlite_type(c.column_type),
+                if c.nullable { "" } else { " NOT NULL" }
+            )
+        })
+        .collect();
+    let key: Vec<String> = table
+        .partition_key
+        .iter()
+        .chain(&table.clustering_key)
+        .map(|k| quoted(k))
+        .collect();
+    let create = format!(
+        "CREATE TABLE {} ({}, PRIMARY KEY ({})) STRICT, WITHOUT ROWID",
+        quoted(&table.name),
+        columns.join(", "),
+        key.join(", ")
+    );
+    transaction
+        .execute_batch(&create)
+        .map_err(|e| sqlite_error(tenant, "creating a table", e))?;
+    let schema = serde_json::to_string(table).map_err(|e| internal(e.to_string()))?;
+    transaction
+        .execute(
+            "INSERT INTO mysimbdp_tables (name, schema) VALUES (?1, ?2)",
+            params![table.name, schema],
+        )
+        .map_err(|e| sqlite_error(tenant, "creating a table", e))?;
+    transaction
+        .commit()
+        .map_err(|e| sqlite_error(tenant, "creating a table", e))
+}
+
+fn write_rows(connection: &mut Connection, tenant: &TenantId, rows: &Rows) -> Result<Written, StoreError> {
+    let table = &rows.table;
+    let names: Vec<String> = table.columns.iter().map(|c| quoted(&c.name)).collect();
+    let placeholders: Vec<String> = (1..=names.len()).map(|i| format!("?{i}")).collect();
+    let sql = format!(
+        "INSERT OR REPLACE INTO {} ({}) VALUES ({})",
+        quoted(&table.name),
+        names.join(", "),
+        placeholders.join(", ")
+    );
+    let transaction = connection
+        .transaction()
+        .map_err(|e| sqlite_error(tenant, "writing rows", e))?;
+    {
+        let mut statement = transaction
+            .prepare_cached(&sql)
+            .map_err(|e| sqlite_error(tenant, "writing rows", e))?;
+        for row in rows.iter() {
+            statement
+                .execute(rusqlite::params_from_iter(row.iter()))
+                .map_err(|e| sqlite_error(tenant, "writing rows", e))?;
+        }
+    }
+    transaction
+        .commit()
+        .map_err(|e| sqlite_error(tenant, "writing rows", e))?;
+    Ok(Written {
+        rows: rows.len() as u64,
+        bytes: rows.logical_bytes(),
+    })
+}
+
+fn read_page(
+    connection: &Connection,
+    tenant: &TenantId,
+    table: &TableSchema,
+    page: Option<&str>,
+    limit: usize,
+) -> Result<Page, StoreError> {
+    let key_indices = table.primary_key_indices();
+    let key_names: Vec<String> = key_indices.iter().map(|&i| quoted(&table.columns[i].name)).collect();
+    let names: Vec<String> = table.columns.iter().map(|c| quoted(&c.name)).collect();
+    let after: Option<Vec<Value>> = page
+        .map(|token| decode_page_token(token, table, &key_indices))
+        .transpose()?;
+    let placeholders: Vec<String> = (1..=key_names.len()).map(|i| format!("?{i}")).collect();
+    let condition = match &after {
+        Some(_) => format!("WHERE ({}) > ({})", key_names.join(", "), placeholders.join(", ")),
+        None => String::new(),
+    };
+    let sql = format!(
+        "SELECT {} FROM {} {condition} ORDER BY {} LIMIT {}",
+        names.join(", "),
+        quoted(&table.name),
+        key_names.join(", "),
+        limit + 1
+    );
+    let mut statement = connection
+        .prepare(&sql)
+        .map_err(|e| sqlite_error(tenant, "reading rows", e))?;
+    let bound: Vec<&Value> = after.iter().flatten().collect();
+    let mut rows: Vec<Vec<Value>> = statement
+        .query_map(rusqlite::params_from_iter(bound), |r| {
+            table
+                .columns
+                .iter()
+                .enumerate()
+                .map(|(i, c)| read_value(r.get_ref(i)?, c.column_type))
+                .collect()
+        })
+        .map_err(|e| sqlite_error(tenant, "reading rows", e))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| sqlite_error(tenant, "reading rows", e))?;
+    let next_page = if rows.len() > limit {
+        rows.truncate(limit);
+        rows.last()
+            .map(|last| encode_page_token(&key_indices.iter().map(|&i| last[i].clone()).collect::<Vec<_>>()))
+    } else {
+        None
+    };
+    Ok(Page { rows, next_page })
+}
+
+/// A page token is the last row's key as JSON, in hex (safe in a URL).
+fn encode_page_token(key: &[Value]) -> String {
+    let json = serde_json::Value::Array(key.iter().map(token_json).collect()).to_string();
+    json.bytes().map(|b| format!("{b:02x}")).collect()
+}
+
+fn token_json(v: &Value) -> serde_json::Value {
+    match v {
+        Value::Timestamp(ms) => (*ms).into(),
+        Value::Blob(b) => b.iter().map(|&x| serde_json::Value::from(x)).collect(),
+        other => other.to_json(),
+    }
+}
+
+fn decode_page_token(token: &str, table: &TableSchema, key_indices: &[usize]) -> Result<Vec<Value>, StoreError> {
+    let bad = || {
+        StoreError::new(
+            StoreErrorKind::Invalid,
+            format!("page token {token:?} is not one this API returned"),
+        )
+    };
+    if token.len() % 2 != 0 {
+        return Err(bad());
+    }
+    let bytes: Vec<u8> = (0..token.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&token[i..i + 2], 16))
+        .collect::<Result<_, _>>()
+        .map_err(|_| bad())?;
+    let parts: Vec<serde_json::Value> = serde_json::from_slice(&bytes).map_err(|_| bad())?;
+    if parts.len() != key_indices.len() {
+        return Err(bad());
+    }
+    key_indices
+        .iter()
+        .zip(parts)
+        .map(|(&i, part)| {
+            let value = match table.columns[i].column_type {
+                ColumnType::Text => part.as_str().map(|s| Value::Text(s.to_string())),
+                ColumnType::BigInt => part.as_i64().map(Value::BigInt),
+                ColumnType::Int => part.as_i64().and_then(|n| i32::try_from(n).ok()).map(Value::Int),
+                ColumnType::Double => part.as_f64().map(Value::Double),
+                ColumnType::Boolean => part.as_bool().map(Value::Boolean),
+                ColumnType::Timestamp => part.as_i64().map(Value::Timestamp),
+                ColumnType::Blob => part
+                    .as_array()
+                    .and_then(|a| {
+                        a.iter()
+                            .map(|x| x.as_u64().map(|n| n as u8))
+                            .collect::<Option<Vec<u8>>>()
+                    })
+                    .map(Value::Blob),
+            };
+            value.ok_or_else(bad)
+        })
+        .collect()
+}
+
+fn load_tables(connection: &Connection) -> rusqlite::Result<Vec<TableSchema>> {
+    let mut statement = connection.prepare("SELECT schema FROM mysimbdp_tables ORDER BY name")?;
+    let schemas = statement.query_map([], |r| r.get::<_, String>(0))?;
+    let mut tables = Vec::new();
+    for schema in schemas {
+        if let Ok(table) = serde_json::from_str(&schema?) {
+            tables.push(table);
+        }
+    }
+    Ok(tables)
+}
+
+/// A validated identifier (`[a-z][a-z0-9_]*`) quoted, so that names like `order` work.
+fn quoted(name: &str) -> String {
+    format!("\"{name}\"")
+}
+
+fn sqlite_type(t: ColumnType) -> &'static str {
+    match t {
+        ColumnType::Text => "TEXT",
+        ColumnType::BigInt | ColumnType::Int | ColumnType::Boolean | ColumnType::Timestamp => "INTEGER",
+        ColumnType::Double => "REAL",
+        ColumnType::Blob => "BLOB",
+    }
+}
+
+impl ToSql for Value {
+    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+        Ok(match self {
+            Value::Null => ToSqlOutput::Borrowed(ValueRef::Null),
+            Value::Text(s) => ToSqlOutput::Borrowed(ValueRef::Text(s.as_bytes())),
+            Value::BigInt(n) | Value::Timestamp(n) => ToSqlOutput::Owned((*n).into()),
+            Value::Int(n) => ToSqlOutput::Owned(i64::from(*n).into()),
+            Value::Double(n) => ToSqlOutput::Owned((*n).into()),
+            Value::Boolean(b) => ToSqlOutput::Owned(i64::from(*b).into()),
+            Value::Blob(b) => ToSqlOutput::Borrowed(ValueRef::Blob(b)),
+        })
+    }
+}
+
+fn read_value(v: ValueRef<'_>, column_type: ColumnType) -> rusqlite::Result<Value> {
+    let wrong = || rusqlite::Error::InvalidColumnType(0, column_type.name().into(), v.data_type());
+    Ok(match (v, column_type) {
+        (ValueRef::Null, _) => Value::Null,
+        (ValueRef::Text(t), ColumnType::Text) => Value::Text(String::from_utf8_lossy(t).into_owned()),
+        (ValueRef::Integer(n), ColumnType::BigInt) => Value::BigInt(n),
+        (ValueRef::Integer(n), ColumnType::Int) => Value::Int(i32::try_from(n).map_err(|_| wrong())?),
+        (ValueRef::Integer(n), ColumnType::Timestamp) => Value::Timestamp(n),
+        (ValueRef::Integer(n), ColumnType::Boolean) => Value::Boolean(n != 0),
+        (ValueRef::Real(n), ColumnType::Double) => Value::Double(n),
+        (ValueRef::Integer(n), ColumnType::Double) => Value::Double(n as f64),
+        (ValueRef::Blob(b), ColumnType::Blob) => Value::Blob(b.to_vec()),
+        _ => return Err(wrong()),
+    })
+}
+
+fn sqlite_error(tenant: &TenantId, what: &str, error: rusqlite::Error) -> StoreError {
+    let kind = match error.sqlite_error_code() {
+        Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked) => StoreErrorKind::Timeout,
+        Some(rusqlite::ErrorCode::DiskFull | rusqlite::ErrorCode::CannotOpen) => StoreErrorKind::Unavailable,
+        Some(rusqlite::ErrorCode::ConstraintViolation) => StoreErrorKind::Schema,
+        _ => StoreErrorKind::Internal,
+    };
+    StoreError::new(kind, format!("embedded store, tenant {tenant}: {what} failed: {error}"))
+}
+
+fn internal(message: String) -> StoreError {
+    StoreError::new(StoreErrorKind::Internal, message)
+}

@@ -1,0 +1,157 @@
+//! coredms: where tenants' rows are stored. One interface ([`CoreDms`] opens a tenant,
+//! [`TenantStore`] works inside it), two backends:
+//! - [`embedded`]: one SQLite database per tenant, the default, nothing to install;
+//! - [`cassandra`]: Apache Cassandra / ScyllaDB through the `scylla` driver, one keyspace per
+//!   tenant with the tenant's replication.
+//!
+//! Both run the same conformance suite (`tests/coredms_conformance.rs`). Writes are upserts
+//! keyed by the table's primary key, so a retried or repeated write never duplicates a row.
+//! A [`TenantStore`] is bound to one tenant: it has no way to name another tenant's database
+//! or keyspace. coredms knows nothing about HTTP, plugins or files.
+
+// pub mod cassandra;
+pub mod embedded;
+mod limiter;
+pub mod schema;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde::Serialize;
+
+pub use limiter::WriteLimiter;
+pub use schema::{Column, ColumnType, Rows, TableSchema, Value};
+
+use crate::tenants::{ReplicationClass, TenantId};
+
+/// What a caller can do about a storage error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StoreErrorKind {
+    /// The backend cannot be reached or has too few replicas: retry later.
+    Unavailable,
+    /// The backend did not answer in time: retry later.
+    Timeout,
+    /// The table exists with another schema, or the request does not fit the schema.
+    Schema,
+    /// No such table.
+    NotFound,
+    /// A bad argument (a malformed page token, an invalid name).
+    Invalid,
+    /// Anything else.
+    Internal,
+}
+
+/// A storage error with its kind, so callers choose retry or give-up without parsing text.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{message}")]
+pub struct StoreError {
+    /// What kind of failure.
+    pub kind: StoreErrorKind,
+    /// What failed, on what, and why.
+    pub message: String,
+}
+
+impl StoreError {
+    /// An error of `kind`.
+    pub fn new(kind: StoreErrorKind, message: impl Into<String>) -> Self {
+        StoreError {
+            kind,
+            message: message.into(),
+        }
+    }
+
+    /// Whether retrying the same request may succeed.
+    pub fn is_transient(&self) -> bool {
+        matches!(self.kind, StoreErrorKind::Unavailable | StoreErrorKind::Timeout)
+    }
+
+    /// The delay a client should wait before retrying, for transient errors.
+    pub fn retry_after(&self) -> Option<Duration> {
+        self.is_transient().then_some(Duration::from_secs(5))
+    }
+}
+
+/// What coredms needs to know about a tenant to open its storage.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TenantStorage {
+    /// The tenant.
+    pub tenant: TenantId,
+    /// Cassandra replication class.
+    pub replication_class: ReplicationClass,
+    /// Cassandra replication factor.
+    pub replication_factor: u32,
+}
+
+/// The result of a write.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Written {
+    /// Rows written.
+    pub rows: u64,
+    /// Their accounting bytes ([`Rows::logical_bytes`]).
+    pub bytes: u64,
+}
+
+/// One page of a table.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Page {
+    /// Rows, each in the table's column order.
+    pub rows: Vec<Vec<Value>>,
+    /// The token of the next page, if there is one.
+    pub next_page: Option<String>,
+}
+
+/// A storage backend.
+#[async_trait]
+pub trait CoreDms: Send + Sync {
+    /// `embedded` or `cassandra`.
+    fn backend(&self) -> &'static str;
+
+    /// Opens (creating if needed) the tenant's database or keyspace.
+    async fn open_tenant(&self, tenant: &TenantStorage) -> Result<Arc<dyn TenantStore>, StoreError>;
+}
+
+/// One tenant's storage.
+#[async_trait]
+pub trait TenantStore: Send + Sync {
+    /// The tenant it is bound to.
+    fn tenant(&self) -> &TenantId;
+
+    /// Creates the table, or checks that the existing one has the same schema (a different
+    /// one is a [`StoreErrorKind::Schema`] error that names the difference).
+    async fn ensure_table(&self, table: &TableSchema) -> Result<(), StoreError>;
+
+    /// Upserts rows (checked against their table by the caller) into their table.
+    async fn write(&self, rows: Rows) -> Result<Written, StoreError>;
+
+    /// The tenant's tables.
+    async fn tables(&self) -> Result<Vec<TableSchema>, StoreError>;
+
+    /// A page of a table's rows; `page` is a token from a previous page.
+    async fn read_page(&self, table: &str, page: Option<&str>, limit: usize) -> Result<Page, StoreError>;
+
+    /// The exact number of rows in a table.
+    async fn count(&self, table: &str) -> Result<u64, StoreError>;
+
+    /// Records that `source` (a file id) stored `rows` rows of `bytes` accounting bytes.
+    /// Recording the same source again replaces its entry, so a redone file counts once.
+    async fn record_usage(&self, source: &str, rows: u64, bytes: u64) -> Result<(), StoreError>;
+
+    /// Accounting bytes stored for the tenant: the sum of [`record_usage`](Self::record_usage).
+    async fn stored_bytes(&self) -> Result<u64, StoreError>;
+}
+
+/// Finds a table by name among `tables`, or a [`StoreErrorKind::NotFound`] error.
+pub(crate) fn find_table<'t>(
+    tables: &'t [TableSchema],
+    tenant: &TenantId,
+    name: &str,
+) -> Result<&'t TableSchema, StoreError> {
+    tables.iter().find(|t| t.name == name).ok_or_else(|| {
+        StoreError::new(
+            StoreErrorKind::NotFound,
+            format!("tenant {tenant} has no table {name:?}"),
+        )
+    })
+}

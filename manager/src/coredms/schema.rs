@@ -1,0 +1,331 @@
+//! Tables, values and rows as coredms stores them, whatever the backend.
+
+use std::fmt;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+/// A column's stored type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ColumnType {
+    /// UTF-8 text.
+    Text,
+    /// 64-bit integer.
+    BigInt,
+    /// 32-bit integer.
+    Int,
+    /// 64-bit float.
+    Double,
+    /// Boolean.
+    Boolean,
+    /// Milliseconds since the Unix epoch, UTC.
+    Timestamp,
+    /// Bytes.
+    Blob,
+}
+
+impl ColumnType {
+    /// The lower-case name (`bigint`).
+    pub fn name(self) -> &'static str {
+        match self {
+            ColumnType::Text => "text",
+            ColumnType::BigInt => "bigint",
+            ColumnType::Int => "int",
+            ColumnType::Double => "double",
+            ColumnType::Boolean => "boolean",
+            ColumnType::Timestamp => "timestamp",
+            ColumnType::Blob => "blob",
+        }
+    }
+}
+
+/// A column of a table.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Column {
+    /// `[a-z][a-z0-9_]*`.
+    pub name: String,
+    /// Stored type.
+    #[serde(rename = "type")]
+    pub column_type: ColumnType,
+    /// Whether nulls are allowed.
+    pub nullable: bool,
+}
+
+/// A table of a tenant. Names were validated when the plugin was loaded
+/// (`plugin_api::TableSpec::validate`), so they are safe to put in a statement unquoted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TableSchema {
+    /// Table name.
+    pub name: String,
+    /// Columns in row order.
+    pub columns: Vec<Column>,
+    /// Partition key columns.
+    pub partition_key: Vec<String>,
+    /// Clustering key columns.
+    pub clustering_key: Vec<String>,
+}
+
+impl TableSchema {
+    /// Positions of the partition key columns.
+    pub fn partition_key_indices(&self) -> Vec<usize> {
+        self.key_indices(&self.partition_key)
+    }
+
+    /// Positions of all primary key columns (partition, then clustering).
+    pub fn primary_key_indices(&self) -> Vec<usize> {
+        let mut keys = self.key_indices(&self.partition_key);
+        keys.extend(self.key_indices(&self.clustering_key));
+        keys
+    }
+
+    fn key_indices(&self, names: &[String]) -> Vec<usize> {
+        names
+            .iter()
+            .filter_map(|n| self.columns.iter().position(|c| &c.name == n))
+            .collect()
+    }
+
+    /// Checks that `row` fits: one value per column, of the column's type, null only where
+    /// allowed. The error names the column.
+    pub fn check_row(&self, row: &[Value]) -> Result<(), String> {
+        if row.len() != self.columns.len() {
+            return Err(format!("{} values for {} columns", row.len(), self.columns.len()));
+        }
+        for (column, value) in self.columns.iter().zip(row) {
+            match value.column_type() {
+                None if column.nullable => {}
+                None => {
+                    return Err(format!(
+                        "column {}: null in a column that requires a value",
+                        column.name
+                    ));
+                }
+                Some(t) if t == column.column_type => {}
+                Some(t) => {
+                    return Err(format!(
+                        "column {}: expected {}, got {}",
+                        column.name,
+                        column.column_type.name(),
+                        t.name()
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A short description of how `other` differs, for a schema conflict error.
+    pub fn difference(&self, other: &TableSchema) -> String {
+        if self.columns != other.columns {
+            let describe = |t: &TableSchema| {
+                t.columns
+                    .iter()
+                    .map(|c| {
+                        format!(
+                            "{} {}{}",
+                            c.name,
+                            c.column_type.name(),
+                            if c.nullable { "" } else { " not null" }
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            format!("columns ({}) vs ({})", describe(self), describe(other))
+        } else {
+            format!(
+                "key ({:?}, {:?}) vs ({:?}, {:?})",
+                self.partition_key, self.clustering_key, other.partition_key, other.clustering_key
+            )
+        }
+    }
+}
+
+/// A stored value.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Value {
+    /// No value.
+    Null,
+    /// Text.
+    Text(String),
+    /// 64-bit integer.
+    BigInt(i64),
+    /// 32-bit integer.
+    Int(i32),
+    /// 64-bit float.
+    Double(f64),
+    /// Boolean.
+    Boolean(bool),
+    /// Milliseconds since the epoch.
+    Timestamp(i64),
+    /// Bytes.
+    Blob(Vec<u8>),
+}
+
+impl Value {
+    /// The type of a non-null value.
+    pub fn column_type(&self) -> Option<ColumnType> {
+        Some(match self {
+            Value::Null => return None,
+            Value::Text(_) => ColumnType::Text,
+            Value::BigInt(_) => ColumnType::BigInt,
+            Value::Int(_) => ColumnType::Int,
+            Value::Double(_) => ColumnType::Double,
+            Value::Boolean(_) => ColumnType::Boolean,
+            Value::Timestamp(_) => ColumnType::Timestamp,
+            Value::Blob(_) => ColumnType::Blob,
+        })
+    }
+
+    /// Bytes the value counts for in storage accounting (its payload, without overhead).
+    pub fn logical_bytes(&self) -> u64 {
+        match self {
+            Value::Null => 0,
+            Value::Text(s) => s.len() as u64,
+            Value::Blob(b) => b.len() as u64,
+            Value::BigInt(_) | Value::Double(_) | Value::Timestamp(_) => 8,
+            Value::Int(_) => 4,
+            Value::Boolean(_) => 1,
+        }
+    }
+
+    /// The value as JSON, for the read API: timestamps as RFC 3339 text, blobs as hex text,
+    /// non-finite doubles as text.
+    pub fn to_json(&self) -> serde_json::Value {
+        match self {
+            Value::Null => serde_json::Value::Null,
+            Value::Text(s) => s.clone().into(),
+            Value::BigInt(v) | Value::Timestamp(v) if false => (*v).into(),
+            Value::BigInt(v) => (*v).into(),
+            Value::Int(v) => (*v).into(),
+            Value::Double(v) => serde_json::Number::from_f64(*v).map_or_else(|| v.to_string().into(), Into::into),
+            Value::Boolean(v) => (*v).into(),
+            Value::Timestamp(ms) => {
+                let mut s = String::with_capacity(24);
+                plugin_api::time::format_iso8601_millis(&mut s, *ms);
+                // `...15.496000Z` → `...15.496Z`
+                s.replace_range(s.len() - 4..s.len() - 1, "");
+                s.into()
+            }
+            Value::Blob(b) => {
+                let mut s = String::with_capacity(2 * b.len());
+                for byte in b {
+                    s.push_str(&format!("{byte:02x}"));
+                }
+                s.into()
+            }
+        }
+    }
+}
+
+impl fmt::Display for Value {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Value::Null => f.write_str("null"),
+            other => write!(f, "{}", other.to_json()),
+        }
+    }
+}
+
+/// Rows of one table, row-major: `values.len()` is a multiple of the column count.
+#[derive(Debug, Clone)]
+pub struct Rows {
+    /// The table.
+    pub table: Arc<TableSchema>,
+    /// The values.
+    pub values: Vec<Value>,
+}
+
+impl Rows {
+    /// No rows of `table` yet.
+    pub fn new(table: Arc<TableSchema>) -> Self {
+        Rows {
+            table,
+            values: Vec::new(),
+        }
+    }
+
+    /// Values per row.
+    pub fn width(&self) -> usize {
+        self.table.columns.len()
+    }
+
+    /// Number of rows.
+    pub fn len(&self) -> usize {
+        self.values.len() / self.width().max(1)
+    }
+
+    /// Whether there are no rows.
+    pub fn is_empty(&self) -> bool {
+        self.values.is_empty()
+    }
+
+    /// The rows, as slices.
+    pub fn iter(&self) -> impl Iterator<Item = &[Value]> {
+        self.values.chunks(self.width().max(1))
+    }
+
+    /// Accounting bytes of all rows.
+    pub fn logical_bytes(&self) -> u64 {
+        self.values.iter().map(Value::logical_bytes).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) fn table() -> TableSchema {
+        TableSchema {
+            name: "t".into(),
+            columns: vec![
+                Column {
+                    name: "k".into(),
+                    column_type: ColumnType::Text,
+                    nullable: false,
+                },
+                Column {
+                    name: "v".into(),
+                    column_type: ColumnType::Double,
+                    nullable: true,
+                },
+            ],
+            partition_key: vec!["k".into()],
+            clustering_key: vec![],
+        }
+    }
+
+    #[test]
+    fn rows_are_checked_column_by_column() {
+        let t = table();
+        assert_eq!(t.check_row(&[Value::Text("a".into()), Value::Null]), Ok(()));
+        assert!(
+            t.check_row(&[Value::Null, Value::Null])
+                .unwrap_err()
+                .contains("column k")
+        );
+        assert!(
+            t.check_row(&[Value::Text("a".into()), Value::BigInt(1)])
+                .unwrap_err()
+                .contains("expected double, got bigint")
+        );
+        assert!(
+            t.check_row(&[Value::Text("a".into())])
+                .unwrap_err()
+                .contains("1 values for 2 columns")
+        );
+    }
+
+    #[test]
+    fn values_render_as_json_a_person_can_read() {
+        assert_eq!(
+            Value::Timestamp(1_541_023_215_496).to_json(),
+            "2018-10-31T22:00:15.496Z"
+        );
+        assert_eq!(Value::Blob(vec![0, 255]).to_json(), "00ff");
+        assert_eq!(Value::Double(f64::NAN).to_json(), "NaN");
+    }
+}

@@ -1,0 +1,339 @@
+//! One loaded version of a plugin and the threads it owns.
+//!
+//! Every call into a version runs on a thread the version spawned for it; the version keeps
+//! the handles. Retiring a version stops new calls, waits for the calls in flight, joins every
+//! thread (so the plugin's thread-local destructors have run), and only then closes the
+//! library: with no thread-local destructor left registered, `dlclose` really unmaps it.
+//!
+//! A version that fails several calls in a row (panics or internal errors, not bad input) is
+//! quarantined: it takes no more work and says why, until a new file replaces it.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use plugin_api::ErrorKind;
+use serde::Serialize;
+
+use super::loader::{CallError, LoadedLibrary, thread_cpu_ns};
+use super::naming::PluginId;
+use crate::coredms::TableSchema;
+
+/// What a plugin declared, in host types.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PluginManifest {
+    /// The tenant named in the manifest.
+    pub tenant: String,
+    /// Batch or stream.
+    pub kind: super::naming::PluginKind,
+    /// File types (batch).
+    pub file_types: Vec<String>,
+    /// plugin-api version.
+    pub api_version: u32,
+    /// The plugin's own version.
+    pub plugin_version: String,
+    /// Its tables.
+    pub tables: Vec<TableSchema>,
+}
+
+/// Whether a version takes work.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum VersionState {
+    /// Takes work.
+    Active,
+    /// Failed too often; takes no work until replaced.
+    Quarantined {
+        /// The last failure.
+        reason: String,
+    },
+    /// Replaced or removed: finishing its calls, then unloaded.
+    Retiring,
+}
+
+/// Why a call could not start.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CallRefused {
+    /// The version is quarantined.
+    #[error("plugin {plugin} (version {version}) is quarantined: {reason}")]
+    Quarantined {
+        /// The plugin.
+        plugin: String,
+        /// Its version.
+        version: String,
+        /// Why.
+        reason: String,
+    },
+    /// The version is being unloaded.
+    #[error("plugin {plugin} (version {version}) is being replaced or removed")]
+    Retiring {
+        /// The plugin.
+        plugin: String,
+        /// Its version.
+        version: String,
+    },
+    /// The OS would not start a thread.
+    #[error("cannot start a thread for plugin {plugin}: {reason}")]
+    Spawn {
+        /// The plugin.
+        plugin: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// A loaded version of a plugin file.
+pub struct PluginVersion {
+    /// Which plugin.
+    pub id: PluginId,
+    /// Increases with every load in this process.
+    pub generation: u64,
+    /// SHA-256 of the file's content.
+    pub sha256: String,
+    /// What it declared.
+    pub manifest: PluginManifest,
+    /// When it was loaded.
+    pub loaded_at: std::time::SystemTime,
+    library: RwLock<Option<LoadedLibrary>>,
+    private_copy: PathBuf,
+    state: Mutex<VersionState>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+    calls_in_flight: AtomicU64,
+    consecutive_failures: AtomicU32,
+    quarantine_after: u32,
+    usage: Usage,
+}
+
+/// What a version's calls have used.
+#[derive(Debug, Default)]
+pub struct Usage {
+    /// Calls made.
+    pub calls: AtomicU64,
+    /// Calls that failed.
+    pub failures: AtomicU64,
+    /// CPU time of the version's threads, in nanoseconds.
+    pub cpu_ns: AtomicU64,
+}
+
+impl PluginVersion {
+    pub(super) fn new(
+        id: PluginId,
+        generation: u64,
+        sha256: String,
+        manifest: PluginManifest,
+        library: LoadedLibrary,
+        private_copy: PathBuf,
+        quarantine_after: u32,
+    ) -> Self {
+        PluginVersion {
+            id,
+            generation,
+            sha256,
+            manifest,
+            loaded_at: std::time::SystemTime::now(),
+            library: RwLock::new(Some(library)),
+            private_copy,
+            state: Mutex::new(VersionState::Active),
+            threads: Mutex::new(Vec::new()),
+            calls_in_flight: AtomicU64::new(0),
+            consecutive_failures: AtomicU32::new(0),
+            quarantine_after: quarantine_after.max(1),
+            usage: Usage::default(),
+        }
+    }
+
+    /// `1.0.0` (from the manifest).
+    pub fn plugin_version(&self) -> &str {
+        &self.manifest.plugin_version
+    }
+
+    /// The state now.
+    pub fn state(&self) -> VersionState {
+        self.state.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Usage counters.
+    pub fn usage(&self) -> &Usage {
+        &self.usage
+    }
+
+    /// Where the private copy it was loaded from lives (it shows in `/proc/self/maps`).
+    pub fn private_copy(&self) -> &Path {
+        &self.private_copy
+    }
+
+    /// Runs `call` on a new thread owned by this version and returns a receiver for its
+    /// result. The closure gets the library; it must not keep anything the plugin allocated.
+    pub fn spawn_call<R, F>(
+        self: &Arc<Self>,
+        purpose: &str,
+        call: F,
+    ) -> Result<tokio::sync::oneshot::Receiver<R>, CallRefused>
+    where
+        R: Send + 'static,
+        F: FnOnce(&LoadedLibrary) -> R + Send + 'static,
+    {
+        let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        match &*state {
+            VersionState::Active => {}
+            VersionState::Quarantined { reason } => {
+                return Err(CallRefused::Quarantined {
+                    plugin: self.id.to_string(),
+                    version: self.plugin_version().to_string(),
+                    reason: reason.clone(),
+                });
+            }
+            VersionState::Retiring => {
+                return Err(CallRefused::Retiring {
+                    plugin: self.id.to_string(),
+                    version: self.plugin_version().to_string(),
+                });
+            }
+        }
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let version = Arc::clone(self);
+        self.calls_in_flight.fetch_add(1, Ordering::SeqCst);
+        let name = format!("plugin-{}-g{}-{purpose}", self.id.tenant, self.generation);
+        let spawned = std::thread::Builder::new().name(name).spawn(move || {
+            let started = thread_cpu_ns();
+            let result = {
+                let library = version.library.read().unwrap_or_else(|e| e.into_inner());
+                library.as_ref().map(call)
+            };
+            version
+                .usage
+                .cpu_ns
+                .fetch_add(thread_cpu_ns().saturating_sub(started), Ordering::Relaxed);
+            version.usage.calls.fetch_add(1, Ordering::Relaxed);
+            if let Some(result) = result {
+                let _ = tx.send(result);
+            }
+            version.calls_in_flight.fetch_sub(1, Ordering::SeqCst);
+        });
+        match spawned {
+            Ok(handle) => {
+                let mut threads = self.threads.lock().unwrap_or_else(|e| e.into_inner());
+                reap_finished(&mut threads);
+                threads.push(handle);
+                Ok(rx)
+            }
+            Err(e) => {
+                self.calls_in_flight.fetch_sub(1, Ordering::SeqCst);
+                Err(CallRefused::Spawn {
+                    plugin: self.id.to_string(),
+                    reason: e.to_string(),
+                })
+            }
+        }
+    }
+
+    /// Counts a call's outcome; quarantines after too many failures in a row. Returns true
+    /// when this failure quarantined the version.
+    pub fn record_outcome(&self, outcome: Result<(), &CallError>) -> bool {
+        match outcome {
+            Ok(()) => {
+                self.consecutive_failures.store(0, Ordering::Relaxed);
+                false
+            }
+            // Bad input is the sender's fault; a cancelled call is the platform's decision.
+            Err(e) if matches!(e.kind, ErrorKind::InvalidInput | ErrorKind::Cancelled) => false,
+            Err(e) => {
+                self.usage.failures.fetch_add(1, Ordering::Relaxed);
+                let failures = self.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
+                if failures < self.quarantine_after {
+                    return false;
+                }
+                let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+                if *state != VersionState::Active {
+                    return false;
+                }
+                let reason = format!("{failures} failures in a row; the last: {}", e.message);
+                log::error!(
+                    "plugin quarantined: plugin={} version={} generation={} reason={reason:?}; a new file lifts it",
+                    self.id,
+                    self.plugin_version(),
+                    self.generation
+                );
+                *state = VersionState::Quarantined { reason };
+                true
+            }
+        }
+    }
+
+    /// Stops new calls. [`try_unload`](Self::try_unload) finishes the job.
+    pub(super) fn retire(&self) {
+        *self.state.lock().unwrap_or_else(|e| e.into_inner()) = VersionState::Retiring;
+    }
+
+    /// If no call is in flight: joins the version's threads, closes the library and deletes the
+    /// private copy. Returns whether the version is now unloaded.
+    pub(super) fn try_unload(&self) -> bool {
+        if self.calls_in_flight.load(Ordering::SeqCst) > 0 {
+            return false;
+        }
+        let threads = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|e| e.into_inner()));
+        for thread in threads {
+            // Each thread ends right after its call; joining waits for its TLS destructors.
+            let _ = thread.join();
+        }
+        let library = self.library.write().unwrap_or_else(|e| e.into_inner()).take();
+        let was_loaded = library.is_some();
+        drop(library);
+        if was_loaded {
+            let _ = std::fs::remove_file(&self.private_copy);
+        }
+        true
+    }
+
+    /// Waits up to `timeout` for the calls in flight, then unloads. For shutdown.
+    pub(super) fn unload_within(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while !self.try_unload() {
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        true
+    }
+}
+
+impl std::fmt::Debug for PluginVersion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PluginVersion")
+            .field("id", &self.id.to_string())
+            .field("generation", &self.generation)
+            .field("plugin_version", &self.plugin_version())
+            .field("state", &self.state())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for PluginVersion {
+    fn drop(&mut self) {
+        let library = self.library.get_mut().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(library) = library {
+            // Not unloaded through `try_unload`: its threads may still run or hold TLS, so
+            // closing here could unmap code in use. Keep it mapped and say so.
+            log::error!(
+                "plugin {} generation {} dropped while loaded; leaving it mapped",
+                self.id,
+                self.generation
+            );
+            std::mem::forget(library);
+        }
+    }
+}
+
+fn reap_finished(threads: &mut Vec<JoinHandle<()>>) {
+    let mut i = 0;
+    while i < threads.len() {
+        if threads[i].is_finished() {
+            let _ = threads.swap_remove(i).join();
+        } else {
+            i += 1;
+        }
+    }
+}

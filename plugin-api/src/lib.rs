@@ -1,0 +1,354 @@
+//! # plugin-api: write a mysimbdp tenant plugin
+//!
+//! mysimbdp ingests each tenant's data through the tenant's own native plugin: a `cdylib`
+//! built against this crate. A **batch** plugin (`clientbatchingestapp`) turns one staged file
+//! into rows; a **stream** plugin (`clientstreamingestapp`) turns batches of messages into
+//! rows. The platform owns every database connection: a plugin declares its tables, emits
+//! rows, and never sees a session, a credential or another tenant.
+//!
+//! ## A batch plugin in five steps
+//!
+//! **1. The crate.** Its name is the file name the platform looks for, minus `lib` and `.so`:
+//! `clientbatchingestapp_<tenant>_<filetype>` (batch) or `clientstreamingestapp_<tenant>`
+//! (stream). `<tenant>` is the tenant's id in `customer_information.json`; `<filetype>` is
+//! lower-case letters and digits.
+//!
+//! ```toml
+//! [package]
+//! name = "clientbatchingestapp_acme_csv"
+//! version = "1.0.0"
+//! edition = "2024"
+//!
+//! [lib]
+//! crate-type = ["cdylib"]
+//!
+//! [dependencies]
+//! plugin-api = { path = "../plugin-api" }   # the host's exact version
+//!
+//! # Never `panic = "abort"`: a panic must unwind to be caught and reported.
+//! ```
+//!
+//! **2. The tables.** Declare every table the plugin writes: columns with a [`ColumnType`],
+//! nullability, a partition key and a clustering key. Partition key + clustering key identify
+//! a row, and writing the same key twice keeps one row, so take the key from the data (a
+//! device id and a timestamp, not a counter): then a file ingested twice, or a retry after a
+//! crash, never duplicates a row.
+//!
+//! **3. The code.** Implement [`BatchIngestApp`]: read the file from [`Input`] (a
+//! [`std::io::Read`]), push rows to [`Output`], and [`Output::reject`] records you cannot use,
+//! with their line number and reason. A rejected record fails only itself.
+//!
+//! **4. Export it** with [`export_plugin!`].
+//!
+//! ```
+//! use std::io::{BufRead, BufReader};
+//! use plugin_api::{
+//!     export_plugin, BatchIngestApp, ColumnType, FileInfo, Input, Output, PluginError, TableSpec,
+//!     Value,
+//! };
+//!
+//! pub struct AcmeCsv;
+//!
+//! impl BatchIngestApp for AcmeCsv {
+//!     const TENANT: &'static str = "acme";
+//!     const FILE_TYPES: &'static [&'static str] = &["csv"];
+//!
+//!     fn tables() -> Vec<TableSpec> {
+//!         vec![TableSpec::new("temperatures")
+//!             .column("sensor", ColumnType::Text)
+//!             .column("time", ColumnType::Timestamp)
+//!             .column("celsius", ColumnType::Double)
+//!             .partition_key(&["sensor"])
+//!             .clustering_key(&["time"])]
+//!     }
+//!
+//!     fn ingest(_file: &FileInfo, input: &mut Input, out: &mut Output) -> Result<(), PluginError> {
+//!         let table = out.table("temperatures")?;
+//!         // Lines look like `sensor-1,1700000000000,71.6` (Fahrenheit).
+//!         for (index, line) in BufReader::new(input).lines().enumerate() {
+//!             let line = line?;
+//!             let number = index as u64 + 1;
+//!             let fields: Vec<&str> = line.split(',').collect();
+//!             let [sensor, time, fahrenheit] = fields[..] else {
+//!                 out.reject(number, format!("expected 3 fields, found {}", fields.len()), &line)?;
+//!                 continue;
+//!             };
+//!             let (Ok(time), Ok(fahrenheit)) = (time.parse::<i64>(), fahrenheit.parse::<f64>()) else {
+//!                 out.reject(number, "time or temperature is not a number", &line)?;
+//!                 continue;
+//!             };
+//!             let celsius = (fahrenheit - 32.0) * 5.0 / 9.0;
+//!             out.push_row(table, [sensor.into(), Value::Timestamp(time), celsius.into()])?;
+//!         }
+//!         Ok(())
+//!     }
+//! }
+//!
+//! export_plugin!(batch: AcmeCsv);
+//! # fn main() {}
+//! ```
+//!
+//! **5. Ship it.** `cargo build --release`, then `mysimbdp plugin check
+//! target/release/libclientbatchingestapp_acme_csv.so` prints the manifest, the tables and the
+//! verdict. The operator copies the file into the platform's `plugins/` folder; the platform
+//! loads it within a second, and a later copy with new content replaces it without a
+//! restart: files already being ingested finish on the old version.
+//!
+//! ## A stream plugin
+//!
+//! Implement [`StreamIngestApp`] and `export_plugin!(stream: MyApp)`. The platform runs
+//! **instances** of it, each consuming the tenant's topic in the tenant's consumer group (more
+//! instances share the partitions). The black-box model an instance follows:
+//!
+//! 1. [`StreamIngestApp::open`] once per instance, on a thread of its own; keep per-instance
+//!    state in `self`, never in globals (several instances run in one process).
+//! 2. [`StreamIngestApp::process`] with a bounded batch of messages (at most N messages or T
+//!    milliseconds, from the platform config), in topic order within a partition. Push rows
+//!    and reject malformed messages (position = the message offset).
+//! 3. The platform stores the rows, then commits the batch's offsets. If `process` returns an
+//!    error or panics, nothing of the batch is committed: the instance is re-opened and the
+//!    batch is delivered again (at-least-once), so rows must be keyed by the data.
+//! 4. The instance is dropped when it is stopped, scaled in, or moved to a new version of the
+//!    plugin.
+//!
+//! ## The plugin specification
+//!
+//! A plugin **MUST**:
+//! - be a `cdylib` named as above, built with `panic = "unwind"` against the host's exact
+//!   `plugin-api` version ([`API_VERSION`]); the host refuses any other version;
+//! - declare in `TENANT` the tenant its file name names, and (batch) in `FILE_TYPES` the
+//!   file type its file name names;
+//! - declare valid tables ([`TableSpec::validate`]) whose key columns come from the data;
+//! - push rows whose values match their columns' types, `Null` only in nullable columns (the
+//!   host rejects any other row, counting it as failed);
+//! - return the error from an [`Output`] call instead of carrying on (the host is stopping).
+//!
+//! A plugin **SHOULD**:
+//! - reject a bad record with [`Output::reject`] and go on, rather than fail the whole input;
+//! - stream its input: read [`Input`] incrementally, never into one buffer, so memory does not
+//!   grow with the file;
+//! - keep no global state: every call carries its own state.
+//!
+//! A plugin's panic is caught at the boundary ([`export_plugin!`] does it) and fails only that
+//! file or batch; a version that keeps failing is quarantined until a new file replaces it.
+//! A plugin runs inside the platform's process with its privileges: the operator decides which
+//! files enter `plugins/`.
+
+#![warn(missing_docs)]
+
+pub mod export;
+pub mod ffi;
+mod io;
+mod schema;
+pub mod time;
+
+pub use abi_stable;
+pub use ffi::{
+    ColumnSpec, ColumnType, ErrorKind, FileInfo, Message, PluginError, PluginKind, StreamInfo, TableSpec, Value,
+};
+pub use io::{Input, MAX_REJECTED_RAW_BYTES, Output, TableId};
+pub use schema::{MAX_IDENTIFIER_LEN, RESERVED_TABLE_PREFIX, check_identifier};
+
+/// The version of the plugin ABI. The host loads only plugins built against exactly this
+/// version; bump it with every change to the [`ffi`] types.
+pub const API_VERSION: u32 = 1;
+
+/// A `clientbatchingestapp`: turns one file into rows.
+pub trait BatchIngestApp {
+    /// The tenant id, as in the plugin's file name and `customer_information.json`.
+    const TENANT: &'static str;
+    /// The file types this plugin ingests, as in its file name (`["csv"]`).
+    const FILE_TYPES: &'static [&'static str];
+
+    /// The tables the plugin writes, in the order [`TableId`]s refer to them.
+    fn tables() -> Vec<TableSpec>;
+
+    /// Reads the whole file from `input` and pushes its rows to `output`. Called once per
+    /// file, on a thread the platform owns; buffered rows are flushed when it returns `Ok`.
+    /// An `Err` fails the file (rows already handed over stay stored).
+    fn ingest(file: &FileInfo, input: &mut Input, output: &mut Output) -> Result<(), PluginError>;
+}
+
+/// A `clientstreamingestapp`: turns batches of messages into rows. One value per running
+/// instance.
+pub trait StreamIngestApp: Sized {
+    /// The tenant id, as in the plugin's file name and `customer_information.json`.
+    const TENANT: &'static str;
+
+    /// The tables the plugin writes, in the order [`TableId`]s refer to them.
+    fn tables() -> Vec<TableSpec>;
+
+    /// Opens an instance.
+    fn open(info: &StreamInfo) -> Result<Self, PluginError>;
+
+    /// Turns one batch of messages into rows. An `Err` (or a panic) fails the whole batch,
+    /// which is delivered again to a re-opened instance.
+    fn process(&mut self, messages: &[Message<'_>], output: &mut Output) -> Result<(), PluginError>;
+}
+
+impl PluginError {
+    /// The input as a whole cannot be ingested (wrong header, not the declared format).
+    pub fn invalid_input(message: impl Into<String>) -> Self {
+        PluginError {
+            kind: ErrorKind::InvalidInput,
+            message: message.into().into(),
+        }
+    }
+
+    /// The plugin failed for a reason of its own.
+    pub fn internal(message: impl Into<String>) -> Self {
+        PluginError {
+            kind: ErrorKind::Internal,
+            message: message.into().into(),
+        }
+    }
+
+    /// The host asked the plugin to stop.
+    pub fn cancelled(message: impl Into<String>) -> Self {
+        PluginError {
+            kind: ErrorKind::Cancelled,
+            message: message.into().into(),
+        }
+    }
+}
+
+impl std::fmt::Display for PluginError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.message.as_str())
+    }
+}
+
+impl std::error::Error for PluginError {}
+
+impl From<std::io::Error> for PluginError {
+    fn from(error: std::io::Error) -> Self {
+        PluginError::internal(format!("reading the input failed: {error}"))
+    }
+}
+
+impl Message<'_> {
+    /// The message body.
+    pub fn payload(&self) -> &[u8] {
+        self.payload.as_slice()
+    }
+}
+
+/// Exports a plugin: `export_plugin!(batch: MyApp)` for a [`BatchIngestApp`],
+/// `export_plugin!(stream: MyApp)` for a [`StreamIngestApp`]. Use it once per crate.
+///
+/// It defines the symbols the host loads (the API version tag and the abi_stable root module),
+/// records the crate's `CARGO_PKG_VERSION` as the plugin version, and wraps every entry point
+/// so that a panic becomes an error the host reports instead of crossing into the host.
+#[macro_export]
+macro_rules! export_plugin {
+    (batch: $app:ty) => {
+        $crate::export_plugin!(@batch $app, $crate::API_VERSION);
+    };
+    (stream: $app:ty) => {
+        $crate::export_plugin!(@stream $app, $crate::API_VERSION);
+    };
+    // For the platform's own tests: a plugin that claims another API version.
+    (@api_version_for_tests $version:expr, batch: $app:ty) => {
+        $crate::export_plugin!(@batch $app, $version);
+    };
+    (@batch $app:ty, $version:expr) => {
+        const _: () = {
+            extern "C" fn manifest() -> $crate::abi_stable::std_types::RResult<$crate::ffi::Manifest, $crate::PluginError> {
+                $crate::export::batch_manifest::<$app>(env!("CARGO_PKG_VERSION"), $version)
+            }
+            extern "C" fn ingest_file(
+                file: &$crate::ffi::FileInfo,
+                input: $crate::ffi::ByteSource,
+                sink: $crate::ffi::RowSink,
+            ) -> $crate::abi_stable::std_types::RResult<(), $crate::PluginError> {
+                $crate::export::ingest_file::<$app>(file, input, sink)
+            }
+            extern "C" fn stream_open(
+                info: &$crate::ffi::StreamInfo,
+            ) -> $crate::abi_stable::std_types::RResult<$crate::ffi::StreamHandle, $crate::PluginError> {
+                $crate::export::stream_open_unsupported(info)
+            }
+            extern "C" fn stream_process(
+                handle: $crate::ffi::StreamHandle,
+                messages: $crate::abi_stable::std_types::RSlice<'_, $crate::ffi::Message<'_>>,
+                sink: $crate::ffi::RowSink,
+            ) -> $crate::abi_stable::std_types::RResult<(), $crate::PluginError> {
+                $crate::export::stream_process_unsupported(handle, messages, sink)
+            }
+            extern "C" fn stream_close(handle: $crate::ffi::StreamHandle) {
+                $crate::export::stream_close_unsupported(handle)
+            }
+            $crate::__export_module!($version, manifest, ingest_file, stream_open, stream_process, stream_close);
+        };
+    };
+    (@stream $app:ty, $version:expr) => {
+        const _: () = {
+            extern "C" fn manifest() -> $crate::abi_stable::std_types::RResult<$crate::ffi::Manifest, $crate::PluginError> {
+                $crate::export::stream_manifest::<$app>(env!("CARGO_PKG_VERSION"), $version)
+            }
+            extern "C" fn ingest_file(
+                file: &$crate::ffi::FileInfo,
+                input: $crate::ffi::ByteSource,
+                sink: $crate::ffi::RowSink,
+            ) -> $crate::abi_stable::std_types::RResult<(), $crate::PluginError> {
+                $crate::export::ingest_file_unsupported(file, input, sink)
+            }
+            extern "C" fn stream_open(
+                info: &$crate::ffi::StreamInfo,
+            ) -> $crate::abi_stable::std_types::RResult<$crate::ffi::StreamHandle, $crate::PluginError> {
+                $crate::export::stream_open::<$app>(info)
+            }
+            extern "C" fn stream_process(
+                handle: $crate::ffi::StreamHandle,
+                messages: $crate::abi_stable::std_types::RSlice<'_, $crate::ffi::Message<'_>>,
+                sink: $crate::ffi::RowSink,
+            ) -> $crate::abi_stable::std_types::RResult<(), $crate::PluginError> {
+                $crate::export::stream_process::<$app>(handle, messages, sink)
+            }
+            extern "C" fn stream_close(handle: $crate::ffi::StreamHandle) {
+                $crate::export::stream_close::<$app>(handle)
+            }
+            $crate::__export_module!($version, manifest, ingest_file, stream_open, stream_process, stream_close);
+        };
+    };
+}
+
+/// Defines the two exported symbols. Used by [`export_plugin!`] only.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __export_module {
+    ($version:expr, $manifest:ident, $ingest_file:ident, $stream_open:ident, $stream_process:ident, $stream_close:ident) => {
+        #[unsafe(no_mangle)]
+        pub static MYSIMBDP_PLUGIN_API_TAG: $crate::ffi::ApiTag = $crate::ffi::ApiTag::new($version);
+
+        fn root_module() -> $crate::ffi::PluginModuleRef {
+            $crate::export::install_panic_hook(env!("CARGO_PKG_NAME"));
+            const MODULE: &$crate::abi_stable::prefix_type::WithMetadata<$crate::ffi::PluginModule> =
+                &$crate::abi_stable::prefix_type::WithMetadata::new($crate::ffi::PluginModule {
+                    manifest: $manifest,
+                    ingest_file: $ingest_file,
+                    stream_open: $stream_open,
+                    stream_process: $stream_process,
+                    stream_close: $stream_close,
+                });
+            $crate::ffi::PluginModuleRef(MODULE.static_as_prefix())
+        }
+
+        // What abi_stable's `#[export_root_module]` generates, spelled with `$crate` paths so a
+        // plugin needs no direct abi_stable dependency. The name is checked in `ffi`.
+        #[unsafe(no_mangle)]
+        #[allow(non_upper_case_globals)]
+        pub static _1as_0lib_1header_0root_bmodule_bloader: $crate::abi_stable::library::LibHeader = {
+            extern "C" fn erased_root_module() -> $crate::abi_stable::library::RootModuleResult {
+                $crate::abi_stable::library::__call_root_module_loader(root_module)
+            }
+            // SAFETY: `erased_root_module` returns the `PluginModuleRef` built by `root_module`.
+            unsafe {
+                $crate::abi_stable::library::LibHeader::from_constructor::<$crate::ffi::PluginModuleRef>(
+                    erased_root_module,
+                    $crate::abi_stable::library::CheckTypeLayout::Yes,
+                )
+            }
+        };
+    };
+}

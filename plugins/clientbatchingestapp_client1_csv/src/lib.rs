@@ -1,0 +1,57 @@
+//! client1's batch plugin for `csv` files of RuuviTag readings (the seed's header, columns in
+//! any order). The wrangling is in `client1_readings`.
+
+use client1_readings::{CsvColumns, TENANT, readings_table};
+use plugin_api::{BatchIngestApp, FileInfo, Input, Output, PluginError, TableSpec, export_plugin};
+
+/// The plugin.
+pub struct Client1Csv;
+
+impl BatchIngestApp for Client1Csv {
+    const TENANT: &'static str = TENANT;
+    const FILE_TYPES: &'static [&'static str] = &["csv"];
+
+    fn tables() -> Vec<TableSpec> {
+        vec![readings_table()]
+    }
+
+    fn ingest(_file: &FileInfo, input: &mut Input, out: &mut Output) -> Result<(), PluginError> {
+        let table = out.table("readings")?;
+        let mut reader = csv::ReaderBuilder::new()
+            .has_headers(false)
+            .flexible(true)
+            .buffer_capacity(256 * 1024)
+            .from_reader(input);
+        let mut record = csv::ByteRecord::new();
+        if !reader.read_byte_record(&mut record).map_err(csv_error)? {
+            return Err(PluginError::invalid_input("the file is empty: expected a header line"));
+        }
+        let header: Vec<String> = record.iter().map(|f| String::from_utf8_lossy(f).into_owned()).collect();
+        let columns = CsvColumns::from_header(header.iter().map(String::as_str))?;
+        while reader.read_byte_record(&mut record).map_err(csv_error)? {
+            let line = record.position().map_or(0, |p| p.line());
+            let fields: Result<Vec<&str>, _> = record.iter().map(std::str::from_utf8).collect();
+            let outcome = match &fields {
+                Ok(fields) => columns.reading(|i| fields.get(i).copied()).and_then(|r| r.into_row()),
+                Err(_) => Err("the line is not valid UTF-8".to_string()),
+            };
+            match outcome {
+                Ok(row) => out.push_row(table, row)?,
+                Err(reason) => {
+                    let raw: Vec<String> = record.iter().map(|f| String::from_utf8_lossy(f).into_owned()).collect();
+                    out.reject(line, reason, &raw.join(","))?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn csv_error(error: csv::Error) -> PluginError {
+    match error.into_kind() {
+        csv::ErrorKind::Io(io) => PluginError::from(io),
+        other => PluginError::invalid_input(format!("unreadable CSV: {other:?}")),
+    }
+}
+
+export_plugin!(batch: Client1Csv);

@@ -1,0 +1,72 @@
+//! Test harness: finds the built artifacts (the `mysimbdp` binary and the plugin libraries),
+//! reads a process's memory maps and RSS, and (in `platform`) runs the real binary.
+
+use std::path::{Path, PathBuf};
+
+/// The cargo target folder of the running test (`target/debug` or `target/release`).
+pub fn target_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("the test knows its own path");
+    // target/<profile>/deps/<test>-<hash>
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("tests run from target/<profile>/deps")
+        .to_path_buf()
+}
+
+/// A cdylib built by the workspace: `lib<crate>.so` in the target folder.
+pub fn library(crate_name: &str) -> PathBuf {
+    let path = target_dir().join(format!("lib{crate_name}.so"));
+    assert!(
+        path.is_file(),
+        "{} is missing: build the workspace first (`cargo build --workspace`, as scripts/test.sh does)",
+        path.display()
+    );
+    path
+}
+
+/// Copies `from` to `to` the way an operator should: a temporary name in the same folder, then
+/// a rename, so a reader never sees half a file.
+pub fn install_file(from: &Path, to: &Path) {
+    let tmp = to.with_extension("so.part");
+    std::fs::copy(from, &tmp).unwrap_or_else(|e| panic!("copying {} to {}: {e}", from.display(), tmp.display()));
+    std::fs::rename(&tmp, to).unwrap();
+}
+
+/// `/proc/<pid>/maps` (`self` for this process).
+pub fn maps(pid: &str) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap_or_default()
+}
+
+/// Lines of `/proc/<pid>/maps` that mention `needle`.
+pub fn mapped_lines(pid: &str, needle: &str) -> Vec<String> {
+    maps(pid)
+        .lines()
+        .filter(|l| l.contains(needle))
+        .map(str::to_string)
+        .collect()
+}
+
+/// Resident set size in KiB.
+pub fn rss_kib(pid: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Polls `condition` every 20 ms until it holds or `timeout` passes; returns whether it held.
+pub fn wait_until(timeout: std::time::Duration, mut condition: impl FnMut() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if condition() {
+            return true;
+        }
+        if std::time::Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
