@@ -1,6 +1,13 @@
 //! mysimbdp: a multi-tenant big-data ingestion platform. See `ARCHITECTURE.md` at the root of
 //! the repository for the map of components and the invariants each one keeps.
 
+pub mod batch;
+pub mod config;
 pub mod coredms;
+pub mod daas;
+pub mod platform;
 pub mod plugin_host;
+pub mod report;
+pub mod staging;
+pub mod telemetry;
 pub mod tenants;

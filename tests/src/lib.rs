@@ -70,3 +70,4 @@ pub fn wait_until(timeout: std::time::Duration, mut condition: impl FnMut() -> b
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
 }
+pub mod platform;

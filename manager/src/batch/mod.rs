@@ -1,0 +1,260 @@
+//! batch manager: finds staged files (from daas, the folder watcher and a scan at start, so a
+//! file staged before a restart is ingested), schedules them fairly across tenants under a
+//! global and a per-tenant limit, and runs each through [`ingest`]. A file that cannot start
+//! (no plugin yet, storage down, tenant gone) waits and is tried again; it is never dropped.
+
+mod ingest;
+pub mod scheduler;
+pub mod tracker;
+
+use std::collections::HashSet;
+use std::panic::AssertUnwindSafe;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::FutureExt;
+use notify::{RecursiveMode, Watcher};
+use serde::Deserialize;
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+pub use tracker::{FileState, FileTracker, UploadReservation};
+
+use crate::coredms::CoreDms;
+use crate::plugin_host::PluginHost;
+use crate::report::ReportStore;
+use crate::staging::{FileId, StagedFile, Staging};
+use crate::telemetry::Metrics;
+use crate::tenants::watch::TenantsHandle;
+use ingest::Outcome;
+use scheduler::FairQueue;
+
+/// Settings of the batch manager.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BatchConfig {
+    /// Files ingesting at once, all tenants.
+    pub workers: usize,
+    /// Files ingesting at once for one tenant.
+    pub workers_per_tenant: usize,
+    /// Rows per batch a plugin hands over.
+    pub batch_rows: u32,
+    /// Batches buffered between a plugin and storage (bounds memory per file).
+    pub channel_batches: usize,
+    /// Writes in flight per file.
+    pub writes_in_flight_per_file: usize,
+    /// Seconds before a file is tried again after a storage outage.
+    pub retry_delay_seconds: u64,
+}
+
+impl Default for BatchConfig {
+    fn default() -> Self {
+        BatchConfig {
+            workers: 4,
+            workers_per_tenant: 2,
+            batch_rows: 2000,
+            channel_batches: 4,
+            writes_in_flight_per_file: 4,
+            retry_delay_seconds: 5,
+        }
+    }
+}
+
+impl BatchConfig {
+    fn retry_delay(&self) -> Duration {
+        Duration::from_secs(self.retry_delay_seconds)
+    }
+}
+
+/// What the batch manager works with.
+pub struct BatchContext {
+    /// The staging folder.
+    pub staging: Arc<Staging>,
+    /// Files in flight.
+    pub tracker: Arc<FileTracker>,
+    /// The plugins.
+    pub plugins: Arc<PluginHost>,
+    /// Storage.
+    pub dms: Arc<dyn CoreDms>,
+    /// Reports.
+    pub reports: Arc<ReportStore>,
+    /// Tenants.
+    pub tenants: TenantsHandle,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// Settings.
+    pub config: BatchConfig,
+    /// Where rejected rows wait while their file is ingested.
+    pub rejected_tmp_dir: PathBuf,
+    /// Cancelled at shutdown.
+    pub cancel: CancellationToken,
+}
+
+/// The running batch manager.
+pub struct BatchManager {
+    submit: mpsc::Sender<StagedFile>,
+    task: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+    _watcher: notify::RecommendedWatcher,
+}
+
+impl BatchManager {
+    /// Starts it: scans staging, then watches it.
+    pub fn start(ctx: Arc<BatchContext>) -> std::io::Result<Self> {
+        let _ = std::fs::remove_dir_all(&ctx.rejected_tmp_dir);
+        std::fs::create_dir_all(&ctx.rejected_tmp_dir)?;
+        let (submit, submitted) = mpsc::channel(1024);
+        let (events_tx, events) = mpsc::channel::<PathBuf>(4096);
+        let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+            if let Ok(event) = event {
+                for path in event.paths {
+                    let _ = events_tx.try_send(path);
+                }
+            }
+        })
+        .map_err(std::io::Error::other)?;
+        watcher
+            .watch(ctx.staging.dir(), RecursiveMode::NonRecursive)
+            .map_err(std::io::Error::other)?;
+        let task = tokio::spawn(run(ctx, submitted, events, submit.clone()));
+        Ok(BatchManager {
+            submit,
+            task: std::sync::Mutex::new(Some(task)),
+            _watcher: watcher,
+        })
+    }
+
+    /// Hands a newly staged file over (the watcher would find it too, a moment later).
+    pub fn submit(&self, file: StagedFile) {
+        let _ = self.submit.try_send(file);
+    }
+
+    /// Waits for the manager to stop (after the context's cancellation).
+    pub async fn join(&self) {
+        let task = self.task.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(task) = task {
+            let _ = task.await;
+        }
+    }
+}
+
+struct Manager {
+    ctx: Arc<BatchContext>,
+    queue: FairQueue,
+    known: HashSet<FileId>,
+    running: JoinSet<(StagedFile, Outcome)>,
+    retry: mpsc::Sender<StagedFile>,
+}
+
+async fn run(
+    ctx: Arc<BatchContext>,
+    mut submitted: mpsc::Receiver<StagedFile>,
+    mut events: mpsc::Receiver<PathBuf>,
+    submit: mpsc::Sender<StagedFile>,
+) {
+    let (retry, mut retries) = mpsc::channel::<StagedFile>(4096);
+    let mut manager = Manager {
+        queue: FairQueue::new(ctx.config.workers, ctx.config.workers_per_tenant),
+        known: HashSet::new(),
+        running: JoinSet::new(),
+        retry,
+        ctx: Arc::clone(&ctx),
+    };
+    manager.rescan();
+    let mut rescan = tokio::time::interval(Duration::from_secs(30));
+    rescan.tick().await;
+    drop(submit);
+    loop {
+        manager.start_what_fits();
+        tokio::select! {
+            () = ctx.cancel.cancelled() => break,
+            Some(file) = submitted.recv() => manager.enqueue(file),
+            Some(file) = retries.recv() => manager.queue.push(file),
+            Some(path) = events.recv() => {
+                if let Some(file) = ctx.staging.parse(&path) {
+                    manager.enqueue(file);
+                }
+            }
+            Some(joined) = manager.running.join_next() => manager.finished(joined),
+            _ = rescan.tick() => manager.rescan(),
+        }
+    }
+    // Let files in flight stop (their plugins see the cancellation at their next batch); what
+    // did not finish is redone at the next start.
+    let grace = tokio::time::timeout(Duration::from_secs(30), async {
+        while manager.running.join_next().await.is_some() {}
+    });
+    if grace.await.is_err() {
+        log::warn!("batch manager: files still ingesting at shutdown will be redone at the next start");
+    }
+}
+
+impl Manager {
+    fn enqueue(&mut self, file: StagedFile) {
+        if !self.known.insert(file.id) {
+            return;
+        }
+        let bytes = std::fs::metadata(&file.path).map_or(0, |m| m.len());
+        self.ctx.tracker.discovered(&file.tenant, file.id, bytes);
+        self.ctx
+            .metrics
+            .set_files_in_flight(file.tenant.as_str(), self.ctx.tracker.in_flight(&file.tenant));
+        self.queue.push(file);
+    }
+
+    fn rescan(&mut self) {
+        match self.ctx.staging.scan() {
+            Ok(files) => files.into_iter().for_each(|f| self.enqueue(f)),
+            Err(e) => log::error!("cannot scan {}: {e}", self.ctx.staging.dir().display()),
+        }
+    }
+
+    fn start_what_fits(&mut self) {
+        while let Some(file) = self.queue.next_file() {
+            let ctx = Arc::clone(&self.ctx);
+            self.running.spawn(async move {
+                // A bug in the platform fails this attempt, not the manager.
+                let outcome = AssertUnwindSafe(ingest::ingest(&ctx, &file))
+                    .catch_unwind()
+                    .await
+                    .unwrap_or_else(|_| Outcome::Wait {
+                        reason: "the platform failed while ingesting this file".into(),
+                        delay: Duration::from_secs(30),
+                    });
+                (file, outcome)
+            });
+        }
+    }
+
+    fn finished(&mut self, joined: Result<(StagedFile, Outcome), tokio::task::JoinError>) {
+        let Ok((file, outcome)) = joined else {
+            // Tasks are never aborted and panics are caught inside them.
+            return;
+        };
+        self.queue.done(&file.tenant);
+        let tenant = file.tenant.clone();
+        match outcome {
+            Outcome::Finished => {
+                self.known.remove(&file.id);
+            }
+            Outcome::Wait { reason, delay } => {
+                if self.ctx.cancel.is_cancelled() {
+                    return;
+                }
+                log::info!("tenant={} file={} waits {:?}: {reason}", file.tenant, file.id, delay);
+                self.ctx
+                    .tracker
+                    .set_state(&file.tenant, file.id, FileState::Queued, Some(reason));
+                let retry = self.retry.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(delay).await;
+                    let _ = retry.send(file).await;
+                });
+            }
+        }
+        self.ctx
+            .metrics
+            .set_files_in_flight(tenant.as_str(), self.ctx.tracker.in_flight(&tenant));
+    }
+}

@@ -1,0 +1,5 @@
+//! The command line's subcommands that are more than a call into the library.
+
+pub mod http;
+pub mod stats;
+pub mod upload;

@@ -1,0 +1,173 @@
+//! The platform's own settings (`mysimbdp.toml`), parsed once into typed sections with
+//! defaults: with no file at all, the platform runs on the embedded backends.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::batch::BatchConfig;
+use crate::report::ReportsConfig;
+use crate::tenants::TokenDigest;
+
+/// The default name of the settings file in the platform's folder.
+pub const CONFIG_FILE: &str = "mysimbdp.toml";
+
+/// All settings.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PlatformConfig {
+    /// HTTP.
+    pub server: ServerConfig,
+    /// Where the platform keeps its own state (embedded databases, queue, plugin copies);
+    /// relative to the platform's folder. Default `mysimbdp-data`.
+    pub data_dir: Option<PathBuf>,
+    /// Storage.
+    pub coredms: CoreDmsConfig,
+    /// The batch manager.
+    pub batch: BatchConfig,
+    /// The plugin host.
+    pub plugins: PluginsConfig,
+    /// Reports.
+    pub reports: ReportsConfig,
+}
+
+/// HTTP settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// SHA-256 of the admin token (the environment variable `MYSIMBDP_ADMIN_TOKEN` also sets it).
+    pub admin_token_sha256: Option<TokenDigest>,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            admin_token_sha256: None,
+        }
+    }
+}
+
+/// Which storage backend.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    /// SQLite per tenant, nothing to install.
+    #[default]
+    Embedded,
+    /// Apache Cassandra / ScyllaDB.
+    Cassandra,
+}
+
+/// Storage settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CoreDmsConfig {
+    /// `embedded` or `cassandra`.
+    pub backend: Backend,
+    /// Writes in flight to the backend, all tenants together.
+    pub max_writes_in_flight: usize,
+    /// Writes in flight for one tenant.
+    pub max_writes_in_flight_per_tenant: usize,
+}
+
+impl Default for CoreDmsConfig {
+    fn default() -> Self {
+        CoreDmsConfig {
+            backend: Backend::Embedded,
+            max_writes_in_flight: 64,
+            max_writes_in_flight_per_tenant: 32,
+        }
+    }
+}
+
+/// Plugin host settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PluginsConfig {
+    /// Failures in a row that quarantine a plugin version.
+    pub quarantine_after: u32,
+    /// Milliseconds a burst of changes in `plugins/` is coalesced.
+    pub reload_debounce_ms: u64,
+}
+
+impl Default for PluginsConfig {
+    fn default() -> Self {
+        PluginsConfig {
+            quarantine_after: 3,
+            reload_debounce_ms: 300,
+        }
+    }
+}
+
+/// Why the settings were refused.
+#[derive(Debug, thiserror::Error)]
+#[error("{path}: {reason}")]
+pub struct ConfigError {
+    /// The file.
+    pub path: String,
+    /// What is wrong, with its line when known.
+    pub reason: String,
+}
+
+impl PlatformConfig {
+    /// Parses settings text; `path` is for messages.
+    pub fn parse(text: &str, path: &str) -> Result<Self, ConfigError> {
+        toml::from_str(text).map_err(|e| {
+            let line = e
+                .span()
+                .map(|span| text[..span.start.min(text.len())].matches('\n').count() + 1);
+            let reason = match line {
+                Some(line) => format!("line {line}: {}", e.message()),
+                None => e.message().to_string(),
+            };
+            ConfigError {
+                path: path.to_string(),
+                reason,
+            }
+        })
+    }
+
+    /// Reads `path`, or the defaults if `path` is the default name and does not exist.
+    pub fn load(path: &Path, required: bool) -> Result<Self, ConfigError> {
+        match std::fs::read_to_string(path) {
+            Ok(text) => Self::parse(&text, &path.display().to_string()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => Ok(PlatformConfig::default()),
+            Err(e) => Err(ConfigError {
+                path: path.display().to_string(),
+                reason: e.to_string(),
+            }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_settings_means_embedded_defaults() {
+        let config = PlatformConfig::parse("", "x").unwrap();
+        assert_eq!(config.coredms.backend, Backend::Embedded);
+        assert_eq!(config.server.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(config.batch.workers, 4);
+    }
+
+    #[test]
+    fn unknown_keys_are_refused_with_their_line() {
+        let err = PlatformConfig::parse("[batch]\nworkers = 2\nworkerz = 3\n", "mysimbdp.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("mysimbdp.toml: line 3: unknown field `workerz`"),
+            "{err}"
+        );
+        let err = PlatformConfig::parse("[coredms]\nbackend = \"mongo\"\n", "m.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("line 2") && err.contains("mongo"), "{err}");
+    }
+}

@@ -1,0 +1,289 @@
+//! `POST /v1/tenants/{t}/files`: a raw body (`?name=F`) or `multipart/form-data` with one file
+//! part. The tenant's constraints are checked before the body is read (as far as the headers
+//! tell) and again while it streams in: reading stops at the size limit. The file is written to
+//! staging under a server-made name and acknowledged (201) only once it is on disk.
+
+use std::time::Instant;
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use http_body_util::{BodyExt, BodyStream, Full};
+use hyper::body::Incoming;
+use hyper::{Request, Response, StatusCode, header};
+
+use super::{ApiError, ApiState, auth, json, query};
+use crate::batch::UploadReservation;
+use crate::staging::{IncomingFile, UploadMeta, unix_now};
+use crate::telemetry::{FileAccepted, UploadRefused};
+use crate::tenants::{FileType, Tenant, TenantId};
+
+const TYPE_NOT_ALLOWED: &str = "File type not allowed for client";
+const TOO_MANY_FILES: &str = "Maximum number of files uploaded";
+const NO_SPACE: &str = "There is not enough memory on the client disk for the file.";
+
+fn too_large(size: u64, max: u64) -> ApiError {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        format!("File size exceeds maximum allowed size: {size}/{max}"),
+    )
+}
+
+/// Handles an upload, logging and counting a refusal.
+pub(super) async fn upload(
+    state: &ApiState,
+    request: Request<Incoming>,
+    tenant: &str,
+) -> Result<Response<Full<Bytes>>, ApiError> {
+    let result = accept(state, request, tenant).await;
+    if let Err(error) = &result {
+        let reason = match (error.status, error.message.as_str()) {
+            (StatusCode::FORBIDDEN, auth::CLIENT_NOT_FOUND) => "unknown_tenant",
+            (StatusCode::UNAUTHORIZED, _) => "bad_token",
+            (StatusCode::FORBIDDEN, _) => "file_type",
+            (StatusCode::PAYLOAD_TOO_LARGE, _) => "file_size",
+            (StatusCode::TOO_MANY_REQUESTS, _) => "files_number",
+            (StatusCode::INSUFFICIENT_STORAGE, _) => "quota",
+            (StatusCode::BAD_REQUEST, _) => "bad_request",
+            _ => "error",
+        };
+        // Unknown names stay out of the metric labels (a client must not add series at will).
+        let tenant = if reason == "unknown_tenant" {
+            "(unknown)"
+        } else {
+            tenant
+        };
+        UploadRefused {
+            tenant,
+            reason,
+            status: error.status.as_u16(),
+            message: &error.message,
+        }
+        .emit(&state.metrics);
+    }
+    result
+}
+
+async fn accept(state: &ApiState, request: Request<Incoming>, tenant: &str) -> Result<Response<Full<Bytes>>, ApiError> {
+    let started = Instant::now();
+    let request_started_at = unix_now();
+    let tenants = state.tenants.current();
+    let (tenant_id, tenant) = auth::tenant(&tenants, request.headers(), tenant)?;
+    let params = query(&request);
+    let boundary = request
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| v.to_ascii_lowercase().starts_with("multipart/form-data"))
+        .map(|v| {
+            multer::parse_boundary(v).map_err(|e| ApiError::bad_request(format!("bad multipart Content-Type: {e}")))
+        })
+        .transpose()?;
+    let declared_size = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    let body = request.into_body();
+
+    let (name, receiving, file) = match boundary {
+        None => {
+            let name = params.get("name").cloned().unwrap_or_default();
+            let file_type = file_type(&name, params.get("type"), &tenant)?;
+            let mut receiving = Receiving::start(state, &tenant_id, &tenant, &file_type, declared_size).await?;
+            let mut body = body;
+            while let Some(frame) = body.frame().await {
+                let frame = frame.map_err(|e| ApiError::bad_request(format!("the upload broke off: {e}")))?;
+                if let Ok(data) = frame.into_data() {
+                    receiving.chunk(&data)?;
+                }
+            }
+            (name, receiving, file_type)
+        }
+        Some(boundary) => {
+            let stream = BodyStream::new(body).filter_map(|frame| async move {
+                match frame {
+                    Ok(frame) => frame.into_data().ok().map(Ok),
+                    Err(e) => Some(Err(e)),
+                }
+            });
+            let mut multipart = multer::Multipart::new(stream, boundary);
+            let mut field = loop {
+                let field = multipart
+                    .next_field()
+                    .await
+                    .map_err(|e| ApiError::bad_request(format!("malformed multipart body: {e}")))?;
+                match field {
+                    Some(field) if field.file_name().is_some() => break field,
+                    Some(_) => continue,
+                    None => {
+                        return Err(ApiError::bad_request(
+                            "the multipart body has no file part (a part with a filename)",
+                        ));
+                    }
+                }
+            };
+            let name = field.file_name().unwrap_or_default().to_string();
+            let file_type = file_type(&name, params.get("type"), &tenant)?;
+            let mut receiving = Receiving::start(state, &tenant_id, &tenant, &file_type, None).await?;
+            while let Some(chunk) = field
+                .chunk()
+                .await
+                .map_err(|e| ApiError::bad_request(format!("the upload broke off: {e}")))?
+            {
+                receiving.chunk(&chunk)?;
+            }
+            drop(field);
+            if multipart
+                .next_field()
+                .await
+                .ok()
+                .flatten()
+                .is_some_and(|f| f.file_name().is_some())
+            {
+                return Err(ApiError::bad_request(
+                    "send one file per request: the multipart body has more than one file part",
+                ));
+            }
+            (name, receiving, file_type)
+        }
+    };
+
+    let size = receiving.incoming.written();
+    let meta = UploadMeta {
+        client_file_name: name.clone(),
+        file_received_size: size,
+        request_started_at,
+        staged_at: 0.0,
+    };
+    let staging = std::sync::Arc::clone(&state.staging);
+    let Receiving {
+        incoming, reservation, ..
+    } = receiving;
+    let staged = tokio::task::spawn_blocking(move || {
+        let meta = UploadMeta {
+            staged_at: unix_now(),
+            ..meta
+        };
+        staging.commit(incoming, &meta)
+    })
+    .await
+    .map_err(|e| ApiError::internal(format!("staging the file failed: {e}")))??;
+    state.tracker.staged(reservation, staged.id);
+    state.batch.submit(staged.clone());
+    let id = staged.id.to_string();
+    FileAccepted {
+        tenant: tenant_id.as_str(),
+        file_id: &id,
+        client_file_name: &name,
+        bytes: size,
+        ms: started.elapsed().as_millis(),
+    }
+    .emit(&state.metrics);
+    let status_url = format!("/v1/tenants/{tenant_id}/files/{id}");
+    let mut response = json(
+        StatusCode::CREATED,
+        &serde_json::json!({
+            "file_id": id,
+            "tenant": tenant_id,
+            "file_name": name,
+            "file_type": file,
+            "size": size,
+            "status": "queued",
+            "status_url": status_url,
+        }),
+    );
+    if let Ok(location) = status_url.parse() {
+        response.headers_mut().insert(header::LOCATION, location);
+    }
+    Ok(response)
+}
+
+/// The file type: `?type=`, else the name's extension; it must be one the tenant may send.
+fn file_type(name: &str, explicit: Option<&String>, tenant: &Tenant) -> Result<FileType, ApiError> {
+    let given = match explicit {
+        Some(t) => t.to_ascii_lowercase(),
+        None => match name.rsplit_once('.') {
+            Some((_, extension)) => extension.to_ascii_lowercase(),
+            None if name.is_empty() => {
+                return Err(ApiError::bad_request(
+                    "name the file (?name=readings.csv, or a multipart filename) or give ?type=, so its type is known",
+                ));
+            }
+            None => String::new(),
+        },
+    };
+    given
+        .parse::<FileType>()
+        .ok()
+        .filter(|t| tenant.allows(t))
+        .ok_or_else(|| ApiError::new(StatusCode::FORBIDDEN, TYPE_NOT_ALLOWED))
+}
+
+/// An upload being received, with the tenant's limits.
+struct Receiving {
+    tenant: TenantId,
+    max_file_size: u64,
+    max_memory_size: u64,
+    stored_bytes: u64,
+    tracker: std::sync::Arc<crate::batch::FileTracker>,
+    reservation: UploadReservation,
+    incoming: IncomingFile,
+}
+
+impl Receiving {
+    /// Checks what can be checked before reading, holds a place among the tenant's files, and
+    /// opens the staging file.
+    async fn start(
+        state: &ApiState,
+        tenant_id: &TenantId,
+        tenant: &Tenant,
+        file_type: &FileType,
+        declared_size: Option<u64>,
+    ) -> Result<Self, ApiError> {
+        if let Some(size) = declared_size.filter(|&s| s > tenant.max_file_size) {
+            return Err(too_large(size, tenant.max_file_size));
+        }
+        let reservation = state
+            .tracker
+            .try_reserve(tenant_id, tenant.max_files_number)
+            .ok_or_else(|| {
+                ApiError::new(StatusCode::TOO_MANY_REQUESTS, TOO_MANY_FILES)
+                    .retry_after(std::time::Duration::from_secs(10))
+            })?;
+        let stored_bytes = match state.tracker.stored_bytes(tenant_id) {
+            Some(bytes) => bytes,
+            None => {
+                let bytes = state.store(tenant_id, tenant).await?.stored_bytes().await?;
+                state.tracker.set_stored_bytes(tenant_id, bytes);
+                bytes
+            }
+        };
+        let pending = state.tracker.pending_bytes(tenant_id);
+        if stored_bytes + pending + declared_size.unwrap_or(0) > tenant.max_memory_size {
+            return Err(ApiError::new(StatusCode::INSUFFICIENT_STORAGE, NO_SPACE));
+        }
+        let incoming = state.staging.begin(tenant_id, file_type)?;
+        Ok(Receiving {
+            tenant: tenant_id.clone(),
+            max_file_size: tenant.max_file_size,
+            max_memory_size: tenant.max_memory_size,
+            stored_bytes,
+            tracker: std::sync::Arc::clone(&state.tracker),
+            reservation,
+            incoming,
+        })
+    }
+
+    /// Takes a chunk of the body, or stops the upload at a limit.
+    fn chunk(&mut self, data: &[u8]) -> Result<(), ApiError> {
+        let size = self.incoming.written() + data.len() as u64;
+        if size > self.max_file_size {
+            return Err(too_large(size, self.max_file_size));
+        }
+        self.reservation.add_bytes(data.len() as u64);
+        if self.stored_bytes + self.tracker.pending_bytes(&self.tenant) > self.max_memory_size {
+            return Err(ApiError::new(StatusCode::INSUFFICIENT_STORAGE, NO_SPACE));
+        }
+        self.incoming.write(data)?;
+        Ok(())
+    }
+}

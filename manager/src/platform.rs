@@ -1,0 +1,156 @@
+//! Wires the components into a running platform, in data-flow order from storage back to the
+//! HTTP API, and takes them down in the reverse order.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio_util::sync::CancellationToken;
+
+use crate::batch::{BatchContext, BatchManager, FileTracker};
+use crate::config::{Backend, PlatformConfig};
+use crate::coredms::embedded::EmbeddedDms;
+use crate::coredms::{CoreDms, WriteLimiter};
+use crate::daas::{self, ApiState};
+use crate::plugin_host::{PluginHost, PluginHostConfig};
+use crate::report::{REPORTS_DIR, ReportStore};
+use crate::staging::{STAGING_DIR, Staging};
+use crate::telemetry::Metrics;
+use crate::tenants::watch::TenantsWatcher;
+use crate::tenants::{CUSTOMER_INFORMATION_FILE, TokenDigest};
+
+/// Well-known demo tokens of the example tenants: warned about at start.
+const DEMO_TOKENS: [&str; 2] = ["client1-demo-token", "client2-demo-token"];
+
+/// How to run.
+pub struct ServeOptions {
+    /// The platform's folder (customer_information.json, plugins/, staging, reports).
+    pub root: PathBuf,
+    /// The settings.
+    pub config: PlatformConfig,
+    /// The admin token, if given in the environment.
+    pub admin_token: Option<String>,
+}
+
+/// Runs the platform until `shutdown` resolves.
+pub async fn serve(options: ServeOptions, shutdown: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
+    let ServeOptions {
+        root,
+        config,
+        admin_token,
+    } = options;
+    let data_dir = root.join(
+        config
+            .data_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("mysimbdp-data")),
+    );
+    std::fs::create_dir_all(&data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
+    let cancel = CancellationToken::new();
+
+    let tenants_file = root.join(CUSTOMER_INFORMATION_FILE);
+    let tenants_watcher = TenantsWatcher::start(&tenants_file).with_context(|| {
+        format!(
+            "the platform needs a valid {} in {}",
+            CUSTOMER_INFORMATION_FILE,
+            root.display()
+        )
+    })?;
+    let tenants = tenants_watcher.handle();
+    warn_about_demo_tokens(&tenants.current());
+
+    let limiter = Arc::new(WriteLimiter::new(
+        config.coredms.max_writes_in_flight,
+        config.coredms.max_writes_in_flight_per_tenant,
+    ));
+    let dms: Arc<dyn CoreDms> = match config.coredms.backend {
+        Backend::Embedded => Arc::new(EmbeddedDms::new(&data_dir.join("embedded"), limiter)?),
+        Backend::Cassandra => anyhow::bail!("the cassandra backend is not built into this version"),
+    };
+    let plugins = PluginHost::start(
+        PluginHostConfig {
+            plugins_dir: root.join("plugins"),
+            cache_dir: data_dir.join("plugin-cache"),
+            quarantine_after: config.plugins.quarantine_after,
+            debounce: Duration::from_millis(config.plugins.reload_debounce_ms),
+            watch: true,
+        },
+        tenants.clone(),
+    )
+    .context("starting the plugin host")?;
+    let staging = Arc::new(Staging::open(&root.join(STAGING_DIR)).context("opening the staging folder")?);
+    let reports =
+        Arc::new(ReportStore::open(&root.join(REPORTS_DIR), config.reports.clone()).context("opening client-reports")?);
+    let metrics = Arc::new(Metrics::default());
+    let tracker = Arc::new(FileTracker::default());
+    let batch = Arc::new(
+        BatchManager::start(Arc::new(BatchContext {
+            staging: Arc::clone(&staging),
+            tracker: Arc::clone(&tracker),
+            plugins: Arc::clone(&plugins),
+            dms: Arc::clone(&dms),
+            reports: Arc::clone(&reports),
+            tenants: tenants.clone(),
+            metrics: Arc::clone(&metrics),
+            config: config.batch.clone(),
+            rejected_tmp_dir: data_dir.join("rejected-tmp"),
+            cancel: cancel.clone(),
+        }))
+        .context("starting the batch manager")?,
+    );
+
+    let admin_token = admin_token
+        .map(|t| TokenDigest::of(&t))
+        .or(config.server.admin_token_sha256.clone());
+    if admin_token.is_none() {
+        log::warn!("no admin token (MYSIMBDP_ADMIN_TOKEN): the admin API (/v1/stats, /v1/plugins) is disabled");
+    }
+    let listener = tokio::net::TcpListener::bind(config.server.listen)
+        .await
+        .with_context(|| format!("listening on {}", config.server.listen))?;
+    let address = listener.local_addr()?;
+    let state = Arc::new(ApiState {
+        tenants,
+        admin_token,
+        staging,
+        tracker,
+        batch: Arc::clone(&batch),
+        dms: Arc::clone(&dms),
+        reports,
+        plugins: Arc::clone(&plugins),
+        metrics,
+    });
+    let server = tokio::spawn(daas::serve(listener, state, cancel.clone()));
+    log::info!(
+        "mysimbdp listening on http://{address} (backend {}, folder {})",
+        dms.backend(),
+        root.display()
+    );
+    println!("mysimbdp listening on http://{address}");
+
+    shutdown.await;
+    log::info!("shutting down");
+    cancel.cancel();
+    let _ = server.await;
+    batch.join().await;
+    tokio::task::spawn_blocking(move || plugins.shutdown()).await?;
+    drop(tenants_watcher);
+    log::info!("stopped");
+    Ok(())
+}
+
+fn warn_about_demo_tokens(tenants: &crate::tenants::Tenants) {
+    for (id, tenant) in tenants.iter() {
+        if DEMO_TOKENS.iter().any(|t| tenant.api_token_sha256.matches(t)) {
+            log::warn!(
+                "tenant {id} uses a published demo token: replace it (`mysimbdp tenant token {id}`) before exposing the platform"
+            );
+        }
+    }
+}
+
+/// The folder's default settings file.
+pub fn default_config_path(root: &Path) -> PathBuf {
+    root.join(crate::config::CONFIG_FILE)
+}

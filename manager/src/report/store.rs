@@ -1,0 +1,306 @@
+//! The reports of every tenant: written after each file, read by the API, folded into
+//! statistics. File I/O here is blocking: async callers use `spawn_blocking`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use serde::{Deserialize, Serialize};
+
+use super::{FileReport, IngestStats, RejectedRows, SegmentedLog, StatsSnapshot};
+use crate::staging::{FileId, write_durably};
+use crate::tenants::TenantId;
+
+/// Settings of the reports.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReportsConfig {
+    /// Reports kept in `<tenant>_report.json` (older ones stay in the JSON Lines log).
+    pub files_in_report: usize,
+    /// Size at which a log segment is closed, bytes.
+    pub log_segment_bytes: u64,
+    /// Closed segments kept per log.
+    pub log_segments_kept: u64,
+    /// Rejected rows kept per file (all are counted).
+    pub rejected_rows_kept_per_file: u64,
+}
+
+impl Default for ReportsConfig {
+    fn default() -> Self {
+        ReportsConfig {
+            files_in_report: 1000,
+            log_segment_bytes: 64 << 20,
+            log_segments_kept: 8,
+            rejected_rows_kept_per_file: 10_000,
+        }
+    }
+}
+
+/// One rejected row as the API returns it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RejectedRow {
+    /// The file.
+    pub file_id: String,
+    /// 1-based line (0 when unknown).
+    pub line: u64,
+    /// Why.
+    pub reason: String,
+    /// The raw input.
+    pub raw: String,
+}
+
+/// A page of a file's rejected rows.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RejectedPage {
+    /// The rows.
+    pub rows: Vec<RejectedRow>,
+    /// The next page's number, if there is one.
+    pub next_page: Option<String>,
+}
+
+struct TenantReports {
+    document: BTreeMap<FileId, FileReport>,
+    log: SegmentedLog,
+    rejected: SegmentedLog,
+    stats: IngestStats,
+}
+
+/// All tenants' reports.
+pub struct ReportStore {
+    dir: PathBuf,
+    config: ReportsConfig,
+    tenants: Mutex<HashMap<TenantId, Arc<Mutex<TenantReports>>>>,
+}
+
+impl ReportStore {
+    /// Opens `client-reports/`, loading every tenant's report and statistics.
+    pub fn open(dir: &Path, config: ReportsConfig) -> io::Result<Self> {
+        std::fs::create_dir_all(dir)?;
+        let store = ReportStore {
+            dir: dir.to_path_buf(),
+            config,
+            tenants: Mutex::default(),
+        };
+        for entry in std::fs::read_dir(dir)?.flatten() {
+            let name = entry.file_name().to_string_lossy().to_string();
+            if let Some(tenant) = name
+                .strip_suffix("_report.jsonl")
+                .and_then(|t| t.parse::<TenantId>().ok())
+            {
+                store.tenant(&tenant)?;
+            }
+        }
+        Ok(store)
+    }
+
+    /// The folder.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &ReportsConfig {
+        &self.config
+    }
+
+    fn tenant(&self, tenant: &TenantId) -> io::Result<Arc<Mutex<TenantReports>>> {
+        let mut tenants = self.tenants.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(reports) = tenants.get(tenant) {
+            return Ok(Arc::clone(reports));
+        }
+        let log = SegmentedLog::open(
+            &self.dir,
+            &format!("{tenant}_report.jsonl"),
+            self.config.log_segment_bytes,
+            self.config.log_segments_kept,
+        )?;
+        let rejected = SegmentedLog::open(
+            &self.dir,
+            &format!("{tenant}_rejected.jsonl"),
+            self.config.log_segment_bytes,
+            self.config.log_segments_kept,
+        )?;
+        let mut stats = IngestStats::default();
+        let mut from_log = BTreeMap::new();
+        for line in log.lines()? {
+            if let Ok(report) = serde_json::from_str::<FileReport>(&line) {
+                stats.add(&report);
+                if let Ok(id) = report.file_id.parse::<FileId>() {
+                    from_log.insert(id, report);
+                }
+            }
+        }
+        let document_path = self.dir.join(format!("{tenant}_report.json"));
+        let mut document: BTreeMap<FileId, FileReport> = std::fs::read(&document_path)
+            .ok()
+            .and_then(|bytes| serde_json::from_slice::<BTreeMap<String, FileReport>>(&bytes).ok())
+            .map(|d| d.into_iter().filter_map(|(k, v)| Some((k.parse().ok()?, v))).collect())
+            .unwrap_or_default();
+        // The log is written first: a report that reached it but not the document (a crash in
+        // between) is restored.
+        document.extend(from_log.into_iter().rev().take(self.config.files_in_report));
+        compact(&mut document, self.config.files_in_report);
+        let reports = Arc::new(Mutex::new(TenantReports {
+            document,
+            log,
+            rejected,
+            stats,
+        }));
+        tenants.insert(tenant.clone(), Arc::clone(&reports));
+        Ok(reports)
+    }
+
+    /// Records a finished file: its rejected rows (from the temporary file the batch manager
+    /// wrote, if any), then the report in the log, the document and the statistics.
+    pub fn record(
+        &self,
+        tenant: &TenantId,
+        mut report: FileReport,
+        rejected_file: Option<(&Path, u64)>,
+    ) -> io::Result<FileReport> {
+        let reports = self.tenant(tenant)?;
+        let mut reports = reports.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((path, rows_kept)) = rejected_file
+            && rows_kept > 0
+        {
+            let position = reports.rejected.append_file(path)?;
+            report.rejected = Some(RejectedRows { position, rows_kept });
+        }
+        let mut line = serde_json::to_vec(&report).map_err(io::Error::other)?;
+        line.push(b'\n');
+        reports.log.append(&line)?;
+        let id: FileId = report.file_id.parse().map_err(io::Error::other)?;
+        reports.document.insert(id, report.clone());
+        compact(&mut reports.document, self.config.files_in_report);
+        let document = document_json(&reports.document);
+        write_durably(
+            &self.dir.join(format!("{tenant}_report.json")),
+            document.to_string().as_bytes(),
+        )?;
+        reports.stats.add(&report);
+        Ok(report)
+    }
+
+    /// The report of a file, if it is still in the tenant's document.
+    pub fn report(&self, tenant: &TenantId, file: FileId) -> Option<FileReport> {
+        let reports = self
+            .tenants
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(tenant)
+            .cloned()?;
+        let reports = reports.lock().unwrap_or_else(|e| e.into_inner());
+        reports.document.get(&file).cloned()
+    }
+
+    /// The tenant's report document (`<tenant>_report.json`).
+    pub fn document(&self, tenant: &TenantId) -> serde_json::Value {
+        match self
+            .tenants
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(tenant)
+            .cloned()
+        {
+            Some(reports) => document_json(&reports.lock().unwrap_or_else(|e| e.into_inner()).document),
+            None => serde_json::json!({}),
+        }
+    }
+
+    /// A page of a file's rejected rows; `None` if the file has no report.
+    pub fn rejected_rows(
+        &self,
+        tenant: &TenantId,
+        file: FileId,
+        page: usize,
+        limit: usize,
+    ) -> io::Result<Option<RejectedPage>> {
+        let Some(reports) = self
+            .tenants
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(tenant)
+            .cloned()
+        else {
+            return Ok(None);
+        };
+        let reports = reports.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(report) = reports.document.get(&file) else {
+            return Ok(None);
+        };
+        let Some(rejected) = report.rejected else {
+            return Ok(Some(RejectedPage {
+                rows: Vec::new(),
+                next_page: None,
+            }));
+        };
+        let bytes = match reports.rejected.read(rejected.position) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(io::Error::new(
+                    io::ErrorKind::NotFound,
+                    "these rejected rows were rotated out of the log",
+                ));
+            }
+            Err(e) => return Err(e),
+        };
+        let lines: Vec<&[u8]> = bytes.split(|&b| b == b'\n').filter(|l| !l.is_empty()).collect();
+        let start = page.saturating_mul(limit);
+        let rows = lines
+            .iter()
+            .skip(start)
+            .take(limit)
+            .filter_map(|l| serde_json::from_slice(l).ok())
+            .collect();
+        let next_page = (start + limit < lines.len()).then(|| (page + 1).to_string());
+        Ok(Some(RejectedPage { rows, next_page }))
+    }
+
+    /// A tenant's statistics.
+    pub fn stats(&self, tenant: &TenantId) -> StatsSnapshot {
+        match self
+            .tenants
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(tenant)
+            .cloned()
+        {
+            Some(reports) => reports.lock().unwrap_or_else(|e| e.into_inner()).stats.snapshot(),
+            None => StatsSnapshot::default(),
+        }
+    }
+
+    /// Every tenant's statistics and the platform's.
+    pub fn all_stats(&self) -> (StatsSnapshot, BTreeMap<TenantId, StatsSnapshot>) {
+        let tenants: Vec<_> = self
+            .tenants
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(k, v)| (k.clone(), Arc::clone(v)))
+            .collect();
+        let mut platform = IngestStats::default();
+        let mut per_tenant = BTreeMap::new();
+        for (tenant, reports) in tenants {
+            let reports = reports.lock().unwrap_or_else(|e| e.into_inner());
+            platform.merge(&reports.stats);
+            per_tenant.insert(tenant, reports.stats.snapshot());
+        }
+        (platform.snapshot(), per_tenant)
+    }
+}
+
+fn compact(document: &mut BTreeMap<FileId, FileReport>, keep: usize) {
+    while document.len() > keep.max(1) {
+        document.pop_first();
+    }
+}
+
+fn document_json(document: &BTreeMap<FileId, FileReport>) -> serde_json::Value {
+    let map: serde_json::Map<String, serde_json::Value> = document
+        .iter()
+        .map(|(id, r)| (id.to_string(), serde_json::to_value(r).unwrap_or_default()))
+        .collect();
+    serde_json::Value::Object(map)
+}

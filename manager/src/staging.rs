@@ -1,0 +1,345 @@
+//! staging: accepted files waiting for ingestion, in `client-staging-input-directory/`.
+//!
+//! A file is staged as `<file_id>_<tenant>.<type>`, where the id is the server's receive time in
+//! nanoseconds (unique in this process); a client's name is never used for a path. An upload
+//! is written to `.incoming/` first; once complete it is fsynced, its metadata (the client's
+//! name, size, times) is written to `.meta/`, and it is renamed into the folder and the folder
+//! fsynced. So a file visible in staging is complete and durable, and has its metadata.
+//! Files the batch manager could not ingest move to `.failed/` for the operator.
+
+use std::fs::{self, File};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+use crate::tenants::{FileType, TenantId};
+
+/// The folder's name in the platform's root.
+pub const STAGING_DIR: &str = "client-staging-input-directory";
+
+/// A staged file's id: its receive time in nanoseconds since the epoch, as text in the API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct FileId(pub u64);
+
+impl std::fmt::Display for FileId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+impl std::str::FromStr for FileId {
+    type Err = std::num::ParseIntError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        s.parse().map(FileId)
+    }
+}
+
+/// A file in staging.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StagedFile {
+    /// Its id.
+    pub id: FileId,
+    /// Its tenant.
+    pub tenant: TenantId,
+    /// Its type.
+    pub file_type: FileType,
+    /// Its path.
+    pub path: PathBuf,
+}
+
+impl StagedFile {
+    /// `<id>_<tenant>.<type>`.
+    pub fn name(&self) -> String {
+        staged_name(self.id, &self.tenant, &self.file_type)
+    }
+}
+
+/// What the platform knows about an accepted upload.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UploadMeta {
+    /// The name the client gave (informational only).
+    pub client_file_name: String,
+    /// Bytes received.
+    pub file_received_size: u64,
+    /// When the request started (seconds since the epoch).
+    pub request_started_at: f64,
+    /// When the file was durable in staging (seconds since the epoch).
+    pub staged_at: f64,
+}
+
+/// An upload being written.
+pub struct IncomingFile {
+    /// The id it will have.
+    pub id: FileId,
+    /// Its tenant.
+    pub tenant: TenantId,
+    /// Its type.
+    pub file_type: FileType,
+    path: PathBuf,
+    file: File,
+    written: u64,
+    finished: bool,
+}
+
+impl IncomingFile {
+    /// Appends a chunk of the body.
+    pub fn write(&mut self, chunk: &[u8]) -> io::Result<()> {
+        self.file.write_all(chunk)?;
+        self.written += chunk.len() as u64;
+        Ok(())
+    }
+
+    /// Bytes written so far.
+    pub fn written(&self) -> u64 {
+        self.written
+    }
+}
+
+impl Drop for IncomingFile {
+    fn drop(&mut self) {
+        if !self.finished {
+            // An upload that was refused or broke off leaves nothing behind.
+            let _ = fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// The staging folder.
+#[derive(Debug)]
+pub struct Staging {
+    dir: PathBuf,
+    last_id: AtomicU64,
+}
+
+impl Staging {
+    /// Opens (creating) the folder and its `.incoming`, `.meta` and `.failed` sub-folders, and
+    /// removes uploads that were cut off by a crash.
+    pub fn open(dir: &Path) -> io::Result<Self> {
+        for sub in [".incoming", ".meta", ".failed"] {
+            fs::create_dir_all(dir.join(sub))?;
+        }
+        for entry in fs::read_dir(dir.join(".incoming"))?.flatten() {
+            let _ = fs::remove_file(entry.path());
+        }
+        Ok(Staging {
+            dir: dir.to_path_buf(),
+            last_id: AtomicU64::new(0),
+        })
+    }
+
+    /// The folder.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// A new, unique id: the time in nanoseconds, bumped if two requests share one.
+    pub fn new_id(&self) -> FileId {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        let mut last = self.last_id.load(Ordering::Relaxed);
+        loop {
+            let id = now.max(last + 1);
+            match self
+                .last_id
+                .compare_exchange_weak(last, id, Ordering::Relaxed, Ordering::Relaxed)
+            {
+                Ok(_) => return FileId(id),
+                Err(current) => last = current,
+            }
+        }
+    }
+
+    /// Starts writing an upload in `.incoming/`.
+    pub fn begin(&self, tenant: &TenantId, file_type: &FileType) -> io::Result<IncomingFile> {
+        let id = self.new_id();
+        let path = self
+            .dir
+            .join(".incoming")
+            .join(format!("{}.part", staged_name(id, tenant, file_type)));
+        let file = File::create(&path)?;
+        Ok(IncomingFile {
+            id,
+            tenant: tenant.clone(),
+            file_type: file_type.clone(),
+            path,
+            file,
+            written: 0,
+            finished: false,
+        })
+    }
+
+    /// Makes a complete upload durable and visible to the batch manager.
+    pub fn commit(&self, mut incoming: IncomingFile, meta: &UploadMeta) -> io::Result<StagedFile> {
+        incoming.file.sync_all()?;
+        let staged = StagedFile {
+            id: incoming.id,
+            tenant: incoming.tenant.clone(),
+            file_type: incoming.file_type.clone(),
+            path: self
+                .dir
+                .join(staged_name(incoming.id, &incoming.tenant, &incoming.file_type)),
+        };
+        write_durably(
+            &self.meta_path(&staged),
+            &serde_json::to_vec(meta).map_err(io::Error::other)?,
+        )?;
+        fs::rename(&incoming.path, &staged.path)?;
+        incoming.finished = true;
+        File::open(&self.dir)?.sync_all()?;
+        Ok(staged)
+    }
+
+    /// Every staged file, oldest first.
+    pub fn scan(&self) -> io::Result<Vec<StagedFile>> {
+        let mut files: Vec<StagedFile> = fs::read_dir(&self.dir)?
+            .flatten()
+            .filter_map(|entry| self.parse(&entry.path()))
+            .collect();
+        files.sort_by_key(|f| f.id);
+        Ok(files)
+    }
+
+    /// The staged file at `path`, if the name is a staging name.
+    pub fn parse(&self, path: &Path) -> Option<StagedFile> {
+        if path.parent() != Some(self.dir.as_path()) || !path.is_file() {
+            return None;
+        }
+        let name = path.file_name()?.to_str()?;
+        let (id, rest) = name.split_once('_')?;
+        let (tenant, file_type) = rest.rsplit_once('.')?;
+        Some(StagedFile {
+            id: id.parse().ok()?,
+            tenant: tenant.parse().ok()?,
+            file_type: file_type.parse().ok()?,
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// The metadata of a staged file (a file dropped in by hand gets metadata from its size).
+    pub fn meta(&self, file: &StagedFile) -> UploadMeta {
+        fs::read(self.meta_path(file))
+            .ok()
+            .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+            .unwrap_or_else(|| {
+                let size = fs::metadata(&file.path).map_or(0, |m| m.len());
+                let at = file.id.0 as f64 / 1e9;
+                UploadMeta {
+                    client_file_name: file.name(),
+                    file_received_size: size,
+                    request_started_at: at,
+                    staged_at: at,
+                }
+            })
+    }
+
+    /// Removes an ingested file and its metadata.
+    pub fn remove(&self, file: &StagedFile) -> io::Result<()> {
+        fs::remove_file(&file.path)?;
+        self.forget(file);
+        Ok(())
+    }
+
+    fn forget(&self, file: &StagedFile) {
+        let _ = fs::remove_file(self.meta_path(file));
+        let _ = fs::remove_file(self.dir.join(".meta").join(format!("{}.attempts", file.name())));
+    }
+
+    /// Moves a file that could not be ingested to `.failed/`, for the operator.
+    pub fn set_aside(&self, file: &StagedFile) -> io::Result<PathBuf> {
+        let target = self.dir.join(".failed").join(file.name());
+        fs::rename(&file.path, &target)?;
+        self.forget(file);
+        Ok(target)
+    }
+
+    /// Counts an ingestion attempt of `file` (kept beside its metadata, so attempts before a
+    /// crash count) and returns the number of this one.
+    pub fn bump_attempts(&self, file: &StagedFile) -> u32 {
+        let path = self.dir.join(".meta").join(format!("{}.attempts", file.name()));
+        let attempts = fs::read_to_string(&path)
+            .ok()
+            .and_then(|s| s.trim().parse::<u32>().ok())
+            .unwrap_or(0)
+            + 1;
+        let _ = fs::write(&path, attempts.to_string());
+        attempts
+    }
+
+    fn meta_path(&self, file: &StagedFile) -> PathBuf {
+        self.dir.join(".meta").join(format!("{}.json", file.name()))
+    }
+}
+
+/// `<id>_<tenant>.<type>`.
+pub fn staged_name(id: FileId, tenant: &TenantId, file_type: &FileType) -> String {
+    format!("{id}_{tenant}.{file_type}")
+}
+
+/// Writes a file through a temporary name, fsyncs it and renames it into place.
+pub fn write_durably(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    let mut file = File::create(&tmp)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    fs::rename(&tmp, path)?;
+    if let Some(parent) = path.parent() {
+        File::open(parent)?.sync_all()?;
+    }
+    Ok(())
+}
+
+/// Seconds since the epoch, now.
+pub fn unix_now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_committed_upload_is_found_by_a_scan_with_its_metadata() {
+        let dir = tempfile::tempdir().unwrap();
+        let staging = Staging::open(dir.path()).unwrap();
+        let (tenant, csv): (TenantId, FileType) = ("client1".parse().unwrap(), "csv".parse().unwrap());
+        let mut incoming = staging.begin(&tenant, &csv).unwrap();
+        incoming.write(b"a,b\n1,2\n").unwrap();
+        let meta = UploadMeta {
+            client_file_name: "../../etc/x.csv".into(),
+            file_received_size: 8,
+            request_started_at: 1.0,
+            staged_at: 2.0,
+        };
+        let staged = staging.commit(incoming, &meta).unwrap();
+        assert_eq!(staging.scan().unwrap(), vec![staged.clone()]);
+        assert_eq!(staging.meta(&staged), meta);
+        assert!(staged.path.starts_with(dir.path()));
+        staging.remove(&staged).unwrap();
+        assert!(staging.scan().unwrap().is_empty());
+    }
+
+    #[test]
+    fn an_abandoned_upload_leaves_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let staging = Staging::open(dir.path()).unwrap();
+        let mut incoming = staging.begin(&"t".parse().unwrap(), &"csv".parse().unwrap()).unwrap();
+        incoming.write(b"partial").unwrap();
+        drop(incoming);
+        assert_eq!(fs::read_dir(dir.path().join(".incoming")).unwrap().count(), 0);
+        assert!(staging.scan().unwrap().is_empty());
+    }
+
+    #[test]
+    fn ids_are_unique_and_increasing() {
+        let dir = tempfile::tempdir().unwrap();
+        let staging = Staging::open(dir.path()).unwrap();
+        let ids: Vec<FileId> = (0..1000).map(|_| staging.new_id()).collect();
+        assert!(ids.windows(2).all(|w| w[0] < w[1]));
+    }
+}

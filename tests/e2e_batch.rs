@@ -1,0 +1,402 @@
+//! Batch ingestion end to end against the running platform, on both backends: concurrent
+//! tenants, every constraint violation, bounded memory on a 2 GB file, and a kill -9 mid-file.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use datagen::{Generator, Shape, Spec};
+use mysimbdp_tests::platform::{Backend, Platform, TenantSpec};
+use mysimbdp_tests::{rss_kib, wait_until};
+use serde_json::Value;
+
+const SEED_FIELDS: [&str; 14] = [
+    "file_received_size",
+    "file_name",
+    "file_path",
+    "ingest_start_time",
+    "ingest_end_time",
+    "ingest_time",
+    "rows_total",
+    "rows_ingested",
+    "rows_failed",
+    "file_size",
+    "ingest_rate_bs",
+    "ingest_rate_rs",
+    "manager_process_time",
+    "total_process_time",
+];
+
+/// The seed's example tenants, scaled down (client1: csv and json, 5 files; client2: txt,
+/// 2 files).
+fn seed_tenants() -> (TenantSpec, TenantSpec) {
+    let mut client1 = TenantSpec::new("client1", &["csv", "json"]);
+    client1.max_files = 5;
+    client1.max_file_size = 100 << 20;
+    client1.max_memory = 10 << 30;
+    let mut client2 = TenantSpec::new("client2", &["txt"]);
+    client2.max_files = 2;
+    client2.max_file_size = 500 << 20;
+    client2.max_memory = 5 << 30;
+    (client1, client2)
+}
+
+struct Upload {
+    tenant: TenantSpec,
+    name: &'static str,
+    spec: Spec,
+    multipart: bool,
+}
+
+#[test]
+fn two_tenants_ingest_concurrently_and_the_store_holds_every_good_row_once() {
+    for backend in Backend::all() {
+        let (client1, client2) = seed_tenants();
+        let platform = Platform::start(backend, &[client1.clone(), client2.clone()], "");
+        let uploads = [
+            Upload {
+                tenant: client1.clone(),
+                name: "readings.csv",
+                spec: Spec::rows(Shape::Client1Csv, 15_679).with_malformed_every(1000),
+                multipart: false,
+            },
+            Upload {
+                tenant: client1.clone(),
+                name: "readings.json",
+                spec: Spec::rows(Shape::Client1JsonArray, 8000)
+                    .with_seed(2)
+                    .with_malformed_every(500),
+                multipart: true,
+            },
+            Upload {
+                tenant: client1.clone(),
+                name: "more.json",
+                spec: Spec::rows(Shape::Client1JsonLines, 6000)
+                    .with_seed(3)
+                    .with_malformed_every(300),
+                multipart: false,
+            },
+            Upload {
+                tenant: client2.clone(),
+                name: "trace.txt",
+                spec: Spec::rows(Shape::Client2Txt, 30_000)
+                    .with_seed(4)
+                    .with_malformed_every(700),
+                multipart: false,
+            },
+            Upload {
+                tenant: client2.clone(),
+                name: "trace2.txt",
+                spec: Spec::rows(Shape::Client2Txt, 12_000).with_seed(5),
+                multipart: true,
+            },
+        ];
+        let accepted: Vec<(usize, String)> = std::thread::scope(|scope| {
+            let handles: Vec<_> = uploads
+                .iter()
+                .enumerate()
+                .map(|(i, u)| {
+                    let platform = &platform;
+                    scope.spawn(move || {
+                        let body = u.spec.to_vec();
+                        let (status, response) = if u.multipart {
+                            platform.upload_multipart(&u.tenant.name, &u.tenant.token(), u.name, &body)
+                        } else {
+                            platform.upload(&u.tenant.name, &u.tenant.token(), u.name, &body)
+                        };
+                        assert_eq!(status, 201, "{backend:?} {}: {response}", u.name);
+                        (i, response["file_id"].as_str().unwrap().to_string())
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+
+        let mut expected: BTreeMap<&str, u64> = BTreeMap::new();
+        for (i, file_id) in &accepted {
+            let u = &uploads[*i];
+            let report = platform.wait_for_report(&u.tenant.name, &u.tenant.token(), file_id, Duration::from_secs(300));
+            let rows = u.spec.rows.unwrap();
+            let malformed = u.spec.malformed_among(rows);
+            for field in SEED_FIELDS {
+                assert!(
+                    !report[field].is_null(),
+                    "{backend:?} {}: report field {field} missing: {report}",
+                    u.name
+                );
+            }
+            assert_eq!(report["status"], "done", "{backend:?} {}: {report}", u.name);
+            assert_eq!(report["rows_total"], rows, "{}", u.name);
+            assert_eq!(report["rows_failed"], malformed, "{}", u.name);
+            assert_eq!(report["rows_ingested"], rows - malformed, "{}", u.name);
+            assert_eq!(report["client_file_name"], u.name);
+            assert_eq!(report["plugin_version"], "1.0.0");
+            assert_eq!(report["file_size"].as_u64().unwrap(), u.spec.to_vec().len() as u64);
+            *expected
+                .entry(if u.tenant.name == "client1" {
+                    "client1"
+                } else {
+                    "client2"
+                })
+                .or_default() += rows - malformed;
+
+            if malformed > 0 {
+                let (status, page) = platform.get(
+                    &format!("/v1/tenants/{}/files/{file_id}/rejected?limit=1000", u.tenant.name),
+                    &u.tenant.token(),
+                );
+                assert_eq!(status, 200);
+                let rejected = page["rows"].as_array().unwrap();
+                assert_eq!(rejected.len() as u64, malformed.min(1000), "{}", u.name);
+                assert!(
+                    rejected
+                        .iter()
+                        .all(|r| r["line"].as_u64().unwrap() > 0 && !r["reason"].as_str().unwrap().is_empty())
+                );
+            }
+        }
+        assert_eq!(
+            platform.count("client1", &client1.token(), "readings"),
+            expected["client1"],
+            "{backend:?}"
+        );
+        assert_eq!(
+            platform.count("client2", &client2.token(), "invocations"),
+            expected["client2"],
+            "{backend:?}"
+        );
+        assert!(
+            platform.staged_files().is_empty(),
+            "staging is empty once every report is written"
+        );
+
+        let (status, stats) = platform.get("/v1/stats", mysimbdp_tests::platform::ADMIN_TOKEN);
+        assert_eq!(status, 200);
+        assert_eq!(stats["tenants"]["client1"]["files_ok"], 3);
+        assert_eq!(stats["tenants"]["client2"]["rows_ingested"], expected["client2"]);
+        assert_eq!(stats["platform"]["files_ok"], 5);
+        assert!(stats["platform"]["ingest_time_p95"].as_f64().unwrap() > 0.0);
+        let (_, document) = platform.get("/v1/tenants/client1/reports", &client1.token());
+        assert_eq!(document.as_object().unwrap().len(), 3);
+        let on_disk: Value =
+            serde_json::from_slice(&std::fs::read(platform.dir.join("client-reports/client1_report.json")).unwrap())
+                .unwrap();
+        assert_eq!(on_disk, document);
+        let metrics = ureq_get_text(&platform, "/metrics");
+        assert!(
+            metrics.contains(&format!(
+                "mysimbdp_rows_total{{tenant=\"client2\",outcome=\"ingested\"}} {}",
+                expected["client2"]
+            )),
+            "{metrics}"
+        );
+    }
+}
+
+fn ureq_get_text(platform: &Platform, path: &str) -> String {
+    let (_, body) = platform.get(path, "");
+    body.as_str().unwrap_or_default().to_string()
+}
+
+fn assert_refused(platform: &Platform, response: (u16, Value), status: u16, message: &str) {
+    assert_eq!(response.0, status, "{}", response.1);
+    assert_eq!(response.1["error"].as_str(), Some(message), "{}", response.1);
+    assert!(platform.incoming_files().is_empty(), "no partial upload is left behind");
+}
+
+#[test]
+fn each_violation_gets_its_status_and_message_and_leaves_nothing_in_staging() {
+    for backend in Backend::all() {
+        let mut small = TenantSpec::new("client1", &["csv"]);
+        small.max_file_size = 100_000;
+        small.max_memory = 200_000;
+        let lab = TenantSpec {
+            max_files: 1,
+            ..TenantSpec::new("lab", &["csv"])
+        };
+        let platform = Platform::start(backend, &[small.clone(), lab.clone()], "");
+        platform.install_plugin("lab_plugin_v1", "libclientbatchingestapp_lab_csv.so");
+        let csv = Spec::rows(Shape::Client1Csv, 300).to_vec();
+
+        assert_refused(
+            &platform,
+            platform.upload("nobody", "x", "a.csv", &csv),
+            403,
+            "Client not found in customer data",
+        );
+        let response = platform.upload("client1", "lab-token", "a.csv", &csv);
+        assert_eq!(response.0, 401, "{}", response.1);
+        assert_refused(
+            &platform,
+            platform.upload("client1", &small.token(), "a.txt", &csv),
+            403,
+            "File type not allowed for client",
+        );
+
+        let big = Spec::rows(Shape::Client1Csv, 2000).to_vec();
+        let expected = format!("File size exceeds maximum allowed size: {}/100000", big.len());
+        assert_refused(
+            &platform,
+            platform.upload("client1", &small.token(), "big.csv", &big),
+            413,
+            &expected,
+        );
+        // Without Content-Length the upload stops where it crosses the limit.
+        let response = platform.upload_reader("client1", &small.token(), "big.csv", &big[..]);
+        assert_eq!(response.0, 413, "{}", response.1);
+        assert!(
+            response.1["error"]
+                .as_str()
+                .unwrap()
+                .starts_with("File size exceeds maximum allowed size: ")
+        );
+        assert!(platform.incoming_files().is_empty());
+
+        // The quota: 200 kB; two accepted 90 kB files store about 160 kB.
+        for seed in 0..2 {
+            let file = Spec::bytes(Shape::Client1Csv, 90_000).with_seed(seed + 10).to_vec();
+            let (status, body) = platform.upload("client1", &small.token(), "q.csv", &file);
+            assert_eq!(status, 201, "{body}");
+            platform.wait_for_report(
+                "client1",
+                &small.token(),
+                body["file_id"].as_str().unwrap(),
+                Duration::from_secs(60),
+            );
+        }
+        let file = Spec::bytes(Shape::Client1Csv, 90_000).with_seed(20).to_vec();
+        assert_refused(
+            &platform,
+            platform.upload("client1", &small.token(), "q.csv", &file),
+            507,
+            "There is not enough memory on the client disk for the file.",
+        );
+
+        // Too many files: lab may have one in flight; hold one with a plugin that waits.
+        let release = platform.dir.join("release");
+        let (status, first) = platform.upload(
+            "lab",
+            &lab.token(),
+            "hold.csv",
+            format!("a,1\nWAIT {}\n", release.display()).as_bytes(),
+        );
+        assert_eq!(status, 201, "{first}");
+        let response = platform.upload("lab", &lab.token(), "more.csv", b"b,2\n");
+        assert_refused(&platform, response.clone(), 429, "Maximum number of files uploaded");
+        std::fs::write(&release, "").unwrap();
+        platform.wait_for_report(
+            "lab",
+            &lab.token(),
+            first["file_id"].as_str().unwrap(),
+            Duration::from_secs(60),
+        );
+        assert_eq!(
+            platform.upload("lab", &lab.token(), "more.csv", b"b,2\n").0,
+            201,
+            "the slot is free again"
+        );
+
+        assert!(
+            wait_until(Duration::from_secs(30), || platform.staged_files().is_empty()),
+            "{:?}",
+            platform.staged_files()
+        );
+        let (_, stats) = platform.get("/v1/stats", mysimbdp_tests::platform::ADMIN_TOKEN);
+        assert_eq!(
+            stats["tenants"]["client1"]["files_ok"], 2,
+            "refused uploads never reach ingestion"
+        );
+    }
+}
+
+/// Samples the platform's RSS every 100 ms until `done` is set; returns the peak, in KiB.
+fn sample_rss(pid: String, done: &std::sync::atomic::AtomicBool) -> u64 {
+    let mut peak = 0;
+    while !done.load(std::sync::atomic::Ordering::Relaxed) {
+        peak = peak.max(rss_kib(&pid));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    peak
+}
+
+#[test]
+fn a_2_gb_file_ingests_with_the_platform_under_300_mb_of_rss() {
+    let bytes: u64 = std::env::var("MYSIMBDP_TEST_BIG_FILE_BYTES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2 << 30);
+    for backend in Backend::all() {
+        let mut client2 = TenantSpec::new("client2", &["txt"]);
+        client2.max_file_size = 3 << 30;
+        let platform = Platform::start(backend, &[client2.clone()], "");
+        let spec = Spec::bytes(Shape::Client2Txt, bytes).with_malformed_every(100_000);
+        let done = std::sync::atomic::AtomicBool::new(false);
+        let started = Instant::now();
+        let (peak_kib, report) = std::thread::scope(|scope| {
+            let sampler = scope.spawn(|| sample_rss(platform.pid(), &done));
+            let mut generator = Generator::new(spec);
+            let (status, body) = platform.upload_reader("client2", &client2.token(), "big.txt", &mut generator);
+            assert_eq!(status, 201, "{body}");
+            let report = platform.wait_for_report(
+                "client2",
+                &client2.token(),
+                body["file_id"].as_str().unwrap(),
+                Duration::from_secs(1500),
+            );
+            done.store(true, std::sync::atomic::Ordering::Relaxed);
+            let stats = generator.stats();
+            assert_eq!(report["rows_total"], stats.rows);
+            assert_eq!(report["rows_ingested"], stats.good_rows());
+            (sampler.join().unwrap(), report)
+        });
+        eprintln!(
+            "{backend:?}: {} bytes, {} rows in {:.1} s end to end (ingest {:.1} s, {:.0} rows/s); peak RSS {} MiB",
+            report["file_size"],
+            report["rows_ingested"],
+            started.elapsed().as_secs_f64(),
+            report["ingest_time"].as_f64().unwrap(),
+            report["ingest_rate_rs"].as_f64().unwrap(),
+            peak_kib / 1024
+        );
+        assert_eq!(report["status"], "done");
+        assert!(report["file_size"].as_u64().unwrap() >= bytes);
+        assert!(peak_kib < 300 * 1024, "{backend:?}: peak RSS {} MiB", peak_kib / 1024);
+        assert_eq!(
+            platform.count("client2", &client2.token(), "invocations"),
+            report["rows_ingested"].as_u64().unwrap()
+        );
+    }
+}
+
+#[test]
+fn kill_9_during_a_large_file_then_restart_completes_it_without_duplicate_rows() {
+    for backend in Backend::all() {
+        let mut client1 = TenantSpec::new("client1", &["csv"]);
+        client1.max_file_size = 1 << 30;
+        let mut platform = Platform::start(backend, &[client1.clone()], "");
+        let spec = Spec::rows(Shape::Client1Csv, 1_500_000).with_malformed_every(10_000);
+        let (status, body) = platform.upload("client1", &client1.token(), "large.csv", &spec.to_vec());
+        assert_eq!(status, 201, "{body}");
+        let file_id = body["file_id"].as_str().unwrap().to_string();
+        assert!(
+            wait_until(Duration::from_secs(120), || {
+                let (_, status) = platform.get(&format!("/v1/tenants/client1/files/{file_id}"), &client1.token());
+                status["status"] == "ingesting" && platform.count("client1", &client1.token(), "readings") > 50_000
+            }),
+            "the file is part-way in: {}",
+            platform.tail_log()
+        );
+        platform.kill9();
+        platform.restart();
+        let report = platform.wait_for_report("client1", &client1.token(), &file_id, Duration::from_secs(600));
+        assert_eq!(report["status"], "done", "{report}");
+        assert_eq!(report["attempts"], 2, "the file was redone after the crash");
+        let good = 1_500_000 - spec.malformed_among(1_500_000);
+        assert_eq!(report["rows_ingested"], good);
+        assert_eq!(
+            platform.count("client1", &client1.token(), "readings"),
+            good,
+            "{backend:?}: no duplicate rows"
+        );
+        assert!(platform.staged_files().is_empty());
+    }
+}

@@ -1,0 +1,229 @@
+//! The running platform and its tenants and plugins: pay-per-use add and remove, bad edits,
+//! plugin discovery, a panicking plugin, `mysimbdp plugin check`.
+
+use std::time::Duration;
+
+use datagen::{Shape, Spec};
+use mysimbdp_tests::platform::{Backend, Platform, TenantSpec, customer_information};
+use mysimbdp_tests::{library, mapped_lines, target_dir, wait_until};
+
+fn client1() -> TenantSpec {
+    TenantSpec::new("client1", &["csv"])
+}
+
+fn client2() -> TenantSpec {
+    TenantSpec::new("client2", &["txt"])
+}
+
+fn plugin_copies(platform: &Platform, tenant: &str) -> Vec<String> {
+    mapped_lines(&platform.pid(), &format!("clientbatchingestapp_{tenant}_"))
+        .into_iter()
+        .filter(|l| l.contains("plugin-cache"))
+        .collect()
+}
+
+fn small_csv(seed: u64) -> Vec<u8> {
+    Spec::rows(Shape::Client1Csv, 200).with_seed(seed).to_vec()
+}
+
+#[test]
+fn removing_a_tenant_unloads_its_plugins_and_refuses_it_and_adding_it_back_loads_them_again() {
+    let platform = Platform::start(Backend::Embedded, &[client1(), client2()], "");
+    assert!(
+        !plugin_copies(&platform, "client1").is_empty(),
+        "client1's plugin is loaded at start"
+    );
+
+    platform.write_customers(&customer_information(&[client2()]));
+    assert!(
+        wait_until(Duration::from_secs(15), || plugin_copies(&platform, "client1")
+            .is_empty()),
+        "client1's plugin is unmapped after its removal:\n{}",
+        plugin_copies(&platform, "client1").join("\n")
+    );
+    let (status, body) = platform.upload("client1", "client1-token", "a.csv", &small_csv(1));
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (403, Some("Client not found in customer data"))
+    );
+    let txt = Spec::rows(Shape::Client2Txt, 100).to_vec();
+    let (status, body) = platform.upload("client2", "client2-token", "t.txt", &txt);
+    assert_eq!(status, 201, "the other tenant is untouched: {body}");
+    assert!(!plugin_copies(&platform, "client2").is_empty());
+    assert!(
+        platform
+            .log()
+            .contains("reason=\"tenant removed from customer_information.json\"")
+    );
+
+    platform.write_customers(&customer_information(&[client1(), client2()]));
+    assert!(
+        wait_until(Duration::from_secs(15), || !plugin_copies(&platform, "client1")
+            .is_empty()),
+        "loaded again"
+    );
+    let (status, body) = platform.upload("client1", "client1-token", "a.csv", &small_csv(1));
+    assert_eq!(status, 201, "{body}");
+    let report = platform.wait_for_report(
+        "client1",
+        "client1-token",
+        body["file_id"].as_str().unwrap(),
+        Duration::from_secs(60),
+    );
+    assert_eq!(report["status"], "done");
+    assert_eq!(report["rows_ingested"], 200);
+}
+
+#[test]
+fn an_invalid_edit_keeps_the_last_good_configuration_and_logs_why() {
+    let platform = Platform::start(Backend::Embedded, &[client1()], "");
+    platform.write_customers("{\n  \"client1\": {\n    \"file_type\": [\"csv\"],\n");
+    assert!(
+        wait_until(Duration::from_secs(10), || platform
+            .log()
+            .contains("customer configuration rejected")),
+        "{}",
+        platform.tail_log()
+    );
+    let log = platform.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("customer configuration rejected"))
+        .unwrap();
+    assert!(
+        line.contains("customer_information.json:4:"),
+        "the log names file and line: {line}"
+    );
+
+    let (status, body) = platform.upload("client1", "client1-token", "a.csv", &small_csv(2));
+    assert_eq!(status, 201, "the last good configuration is still in force: {body}");
+    assert!(!plugin_copies(&platform, "client1").is_empty());
+
+    let mut narrower = client1();
+    narrower.max_file_size = 10;
+    platform.write_customers(&customer_information(&[narrower]));
+    assert!(wait_until(Duration::from_secs(10), || {
+        platform.upload("client1", "client1-token", "a.csv", &small_csv(3)).0 == 413
+    }));
+}
+
+#[test]
+fn a_plugin_dropped_in_later_picks_up_the_files_waiting_for_it() {
+    let platform = Platform::start(Backend::Embedded, &[TenantSpec::new("client2", &["txt"])], "");
+    std::fs::remove_file(platform.dir.join("plugins/libclientbatchingestapp_client2_txt.so")).unwrap();
+    assert!(wait_until(Duration::from_secs(10), || plugin_copies(
+        &platform, "client2"
+    )
+    .is_empty()));
+
+    let txt = Spec::rows(Shape::Client2Txt, 500).to_vec();
+    let (status, body) = platform.upload("client2", "client2-token", "trace.txt", &txt);
+    assert_eq!(status, 201, "{body}");
+    let file_id = body["file_id"].as_str().unwrap().to_string();
+    std::thread::sleep(Duration::from_secs(1));
+    let (_, status) = platform.get(&format!("/v1/tenants/client2/files/{file_id}"), "client2-token");
+    assert_eq!(status["status"], "queued");
+    assert!(
+        status["note"]
+            .as_str()
+            .unwrap()
+            .contains("libclientbatchingestapp_client2_txt.so"),
+        "{status}"
+    );
+
+    platform.install_plugin(
+        "clientbatchingestapp_client2_txt",
+        "libclientbatchingestapp_client2_txt.so",
+    );
+    let report = platform.wait_for_report("client2", "client2-token", &file_id, Duration::from_secs(60));
+    assert_eq!(report["status"], "done");
+    assert_eq!(report["rows_ingested"], 500);
+}
+
+#[test]
+fn a_panicking_plugin_fails_its_file_by_name_while_other_tenants_keep_ingesting() {
+    let lab = TenantSpec::new("lab", &["csv"]);
+    let platform = Platform::start(Backend::Embedded, &[lab.clone(), client1()], "");
+    platform.install_plugin("lab_plugin_v1", "libclientbatchingestapp_lab_csv.so");
+    assert!(wait_until(Duration::from_secs(10), || !plugin_copies(&platform, "lab").is_empty()));
+
+    let (status, body) = platform.upload("lab", &lab.token(), "boom.csv", b"a,1\nPANIC\n");
+    assert_eq!(status, 201, "{body}");
+    let report = platform.wait_for_report(
+        "lab",
+        &lab.token(),
+        body["file_id"].as_str().unwrap(),
+        Duration::from_secs(30),
+    );
+    assert_eq!(report["status"], "failed");
+    let error = report["error"].as_str().unwrap();
+    assert!(
+        error.contains("clientbatchingestapp_lab_csv") && error.contains("asked to panic"),
+        "{error}"
+    );
+    assert!(
+        platform
+            .dir
+            .join("client-staging-input-directory/.failed")
+            .read_dir()
+            .unwrap()
+            .count()
+            == 1
+    );
+
+    let (status, body) = platform.upload("client1", "client1-token", "ok.csv", &small_csv(4));
+    assert_eq!(status, 201);
+    let report = platform.wait_for_report(
+        "client1",
+        "client1-token",
+        body["file_id"].as_str().unwrap(),
+        Duration::from_secs(30),
+    );
+    assert_eq!(report["status"], "done", "the host lives on: {report}");
+    assert_eq!(platform.get("/healthz", "").0, 200);
+}
+
+fn plugin_check(file: &std::path::Path) -> (i32, String) {
+    let output = std::process::Command::new(target_dir().join("mysimbdp"))
+        .args(["plugin", "check"])
+        .arg(file)
+        .output()
+        .unwrap();
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+    )
+}
+
+#[test]
+fn plugin_check_prints_the_manifest_and_a_verdict() {
+    let (code, text) = plugin_check(&library("clientbatchingestapp_client2_txt"));
+    assert_eq!(code, 0, "{text}");
+    assert!(
+        text.contains("manifest:    tenant=client2 kind=batch file_types=[txt] plugin_version=1.0.0"),
+        "{text}"
+    );
+    assert!(
+        text.contains("table invocations: partition key (app, hour), clustering key (func, end_us)"),
+        "{text}"
+    );
+    assert!(text.contains("verdict:     OK"), "{text}");
+
+    let (code, text) = plugin_check(&library("foreign_library"));
+    assert_eq!(code, 1, "{text}");
+    assert!(
+        text.contains("REJECTED") && text.contains("is not a mysimbdp plugin"),
+        "{text}"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let renamed = dir.path().join("libclientbatchingestapp_client2_csv.so");
+    std::fs::copy(library("clientbatchingestapp_client2_txt"), &renamed).unwrap();
+    let (code, text) = plugin_check(&renamed);
+    assert_eq!(code, 1);
+    assert!(text.contains("its file name says file type \"csv\""), "{text}");
+
+    let (code, text) = plugin_check(&library("future_api_plugin"));
+    assert_eq!(code, 1);
+    assert!(text.contains("built against plugin-api version 2"), "{text}");
+}

@@ -1,0 +1,370 @@
+//! Runs the real `mysimbdp` binary in a folder of its own, on the embedded backend or on the
+//! Cassandra at `MYSIMBDP_TEST_CASSANDRA`, and talks to it over HTTP.
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::{install_file, library, target_dir, wait_until};
+
+/// The admin token every test platform gets.
+pub const ADMIN_TOKEN: &str = "test-admin-token";
+
+/// A storage backend to run against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// SQLite, nothing to install.
+    Embedded,
+    /// The Cassandra at `MYSIMBDP_TEST_CASSANDRA`.
+    Cassandra,
+}
+
+impl Backend {
+    /// The backends to run "both backends" tests on: embedded always; Cassandra when
+    /// `MYSIMBDP_TEST_CASSANDRA` is set. With `MYSIMBDP_REQUIRE_SERVICES=1` (CI) a missing
+    /// Cassandra is a failure, never a skip.
+    pub fn all() -> Vec<Backend> {
+        if std::env::var("MYSIMBDP_TEST_CASSANDRA").is_ok() {
+            return vec![Backend::Embedded, Backend::Cassandra];
+        }
+        assert!(
+            std::env::var("MYSIMBDP_REQUIRE_SERVICES").as_deref() != Ok("1"),
+            "MYSIMBDP_REQUIRE_SERVICES=1 but MYSIMBDP_TEST_CASSANDRA is not set: start the services (scripts/test.sh does)"
+        );
+        eprintln!("SKIPPED on Cassandra: MYSIMBDP_TEST_CASSANDRA not set (scripts/test.sh starts it)");
+        vec![Backend::Embedded]
+    }
+
+    /// The `[coredms]` section selecting this backend; Cassandra keyspaces get a prefix unique
+    /// to this test run.
+    fn config(self) -> String {
+        match self {
+            Backend::Embedded => "[coredms]\nbackend = \"embedded\"\n".to_string(),
+            Backend::Cassandra => {
+                static RUN: AtomicU64 = AtomicU64::new(0);
+                let address = std::env::var("MYSIMBDP_TEST_CASSANDRA").expect("checked by Backend::all");
+                let prefix = format!("t{}_{}_", std::process::id(), RUN.fetch_add(1, Ordering::Relaxed));
+                format!(
+                    "[coredms]\nbackend = \"cassandra\"\n[coredms.cassandra]\ncontact_points = [\"{address}\"]\nconsistency = \"one\"\nkeyspace_prefix = \"{prefix}\"\n"
+                )
+            }
+        }
+    }
+}
+
+/// A tenant entry for `customer_information.json`; its token is `<name>-token`.
+#[derive(Debug, Clone)]
+pub struct TenantSpec {
+    /// Id.
+    pub name: String,
+    /// Allowed file types.
+    pub file_types: Vec<String>,
+    /// `max_files_number`.
+    pub max_files: u64,
+    /// `max_file_size`.
+    pub max_file_size: u64,
+    /// `max_memory_size`.
+    pub max_memory: u64,
+}
+
+impl TenantSpec {
+    /// A tenant with generous limits.
+    pub fn new(name: &str, file_types: &[&str]) -> Self {
+        TenantSpec {
+            name: name.into(),
+            file_types: file_types.iter().map(|t| t.to_string()).collect(),
+            max_files: 20,
+            max_file_size: 4 << 30,
+            max_memory: 64 << 30,
+        }
+    }
+
+    /// The tenant's token.
+    pub fn token(&self) -> String {
+        format!("{}-token", self.name)
+    }
+}
+
+/// `customer_information.json` for these tenants.
+pub fn customer_information(tenants: &[TenantSpec]) -> String {
+    let entries: Vec<Value> = tenants
+        .iter()
+        .map(|t| {
+            serde_json::json!({
+                "file_type": t.file_types,
+                "max_files_number": t.max_files,
+                "max_file_size": t.max_file_size,
+                "max_memory_size": t.max_memory,
+                "cassandra_class": "SimpleStrategy",
+                "replication_factor": 1,
+                "api_token_sha256": mysimbdp::tenants::TokenDigest::of(&t.token()).to_hex(),
+            })
+        })
+        .collect();
+    let map: serde_json::Map<String, Value> = tenants.iter().map(|t| t.name.clone()).zip(entries).collect();
+    serde_json::to_string_pretty(&Value::Object(map)).unwrap()
+}
+
+/// A running platform.
+pub struct Platform {
+    /// Its folder.
+    pub dir: PathBuf,
+    _temp: Option<tempfile::TempDir>,
+    child: Option<Child>,
+    /// `http://127.0.0.1:<port>`.
+    pub url: String,
+    agent: ureq::Agent,
+}
+
+impl Platform {
+    /// Starts a platform in a new folder with `tenants`, the example plugins they use, and
+    /// `backend`.
+    pub fn start(backend: Backend, tenants: &[TenantSpec], extra_config: &str) -> Self {
+        let temp = tempfile::Builder::new().prefix("mysimbdp-e2e-").tempdir().unwrap();
+        let dir = temp.path().to_path_buf();
+        std::fs::write(dir.join("customer_information.json"), customer_information(tenants)).unwrap();
+        std::fs::write(
+            dir.join("mysimbdp.toml"),
+            format!("{}\n{extra_config}", backend.config()),
+        )
+        .unwrap();
+        std::fs::create_dir_all(dir.join("plugins")).unwrap();
+        for tenant in tenants {
+            for file_type in &tenant.file_types {
+                let name = format!("clientbatchingestapp_{}_{file_type}", tenant.name);
+                if target_dir().join(format!("lib{name}.so")).exists() {
+                    install_file(&library(&name), &dir.join("plugins").join(format!("lib{name}.so")));
+                }
+            }
+        }
+        let mut platform = Platform {
+            dir,
+            _temp: Some(temp),
+            child: None,
+            url: String::new(),
+            agent: agent(),
+        };
+        platform.launch();
+        platform
+    }
+
+    /// Installs a built plugin library under a plugin file name in `plugins/`.
+    pub fn install_plugin(&self, crate_name: &str, file_name: &str) {
+        install_file(&library(crate_name), &self.dir.join("plugins").join(file_name));
+    }
+
+    fn launch(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("platform.log"))
+            .unwrap();
+        let mut child = Command::new(target_dir().join("mysimbdp"))
+            .args(["serve", "--root"])
+            .arg(&self.dir)
+            .args(["--listen", "127.0.0.1:0"])
+            .env("MYSIMBDP_ADMIN_TOKEN", ADMIN_TOKEN)
+            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .expect("the mysimbdp binary runs (cargo build --workspace)");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(url) = line.strip_prefix("mysimbdp listening on ") {
+                    let _ = tx.send(url.trim().to_string());
+                }
+            }
+        });
+        self.child = Some(child);
+        match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(url) => self.url = url,
+            Err(_) => panic!("the platform did not start within 60 s; its log:\n{}", self.log()),
+        }
+    }
+
+    /// The platform's process id.
+    pub fn pid(&self) -> String {
+        self.child.as_ref().expect("running").id().to_string()
+    }
+
+    /// Its log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("platform.log")).unwrap_or_default()
+    }
+
+    /// `kill -9`.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM, and wait for a clean exit.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // SAFETY: sending a signal to our own child process.
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the platform did not stop within 60 s of SIGTERM");
+        }
+    }
+
+    /// Starts it again in the same folder.
+    pub fn restart(&mut self) {
+        self.kill9();
+        self.launch();
+    }
+
+    /// `GET path` with a bearer token: status and JSON body.
+    pub fn get(&self, path: &str, token: &str) -> (u16, Value) {
+        let response = self
+            .agent
+            .get(format!("{}{path}", self.url))
+            .header("Authorization", format!("Bearer {token}"))
+            .call();
+        read_response(response)
+    }
+
+    /// `POST /v1/tenants/{tenant}/files?name=...` with `body` streamed (chunked).
+    pub fn upload_reader(&self, tenant: &str, token: &str, name: &str, body: impl Read) -> (u16, Value) {
+        let mut body = body;
+        let response = self
+            .agent
+            .post(format!("{}/v1/tenants/{tenant}/files?name={name}", self.url))
+            .header("Authorization", format!("Bearer {token}"))
+            .send(ureq::SendBody::from_reader(&mut body));
+        read_response(response)
+    }
+
+    /// The same with a body of known size (sent with Content-Length).
+    pub fn upload(&self, tenant: &str, token: &str, name: &str, body: &[u8]) -> (u16, Value) {
+        let response = self
+            .agent
+            .post(format!("{}/v1/tenants/{tenant}/files?name={name}", self.url))
+            .header("Authorization", format!("Bearer {token}"))
+            .send(body);
+        read_response(response)
+    }
+
+    /// A `multipart/form-data` upload with one file part.
+    pub fn upload_multipart(&self, tenant: &str, token: &str, file_name: &str, body: &[u8]) -> (u16, Value) {
+        let boundary = "mysimbdp-test-boundary-7f3a";
+        let mut payload = format!(
+            "--{boundary}\r\nContent-Disposition: form-data; name=\"note\"\r\n\r\nignored\r\n--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{file_name}\"\r\nContent-Type: application/octet-stream\r\n\r\n"
+        )
+        .into_bytes();
+        payload.extend_from_slice(body);
+        payload.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+        let response = self
+            .agent
+            .post(format!("{}/v1/tenants/{tenant}/files", self.url))
+            .header("Authorization", format!("Bearer {token}"))
+            .header("Content-Type", format!("multipart/form-data; boundary={boundary}"))
+            .send(&payload[..]);
+        read_response(response)
+    }
+
+    /// Waits until a file is `done` or `failed` and returns its report.
+    pub fn wait_for_report(&self, tenant: &str, token: &str, file_id: &str, timeout: Duration) -> Value {
+        let mut last = Value::Null;
+        let finished = wait_until(timeout, || {
+            let (status, body) = self.get(&format!("/v1/tenants/{tenant}/files/{file_id}"), token);
+            let state = body["status"].as_str().unwrap_or_default().to_string();
+            last = body;
+            status == 200 && (state == "done" || state == "failed")
+        });
+        assert!(
+            finished,
+            "file {file_id} of {tenant} did not finish in {timeout:?}; last status {last}; log:\n{}",
+            self.tail_log()
+        );
+        last["report"].clone()
+    }
+
+    /// Rows in a tenant's table, by the API.
+    pub fn count(&self, tenant: &str, token: &str, table: &str) -> u64 {
+        let (status, body) = self.get(&format!("/v1/tenants/{tenant}/tables/{table}/count"), token);
+        assert_eq!(status, 200, "count of {tenant}.{table}: {body}");
+        body["count"].as_u64().unwrap()
+    }
+
+    /// Files in the staging folder (not counting its sub-folders).
+    pub fn staged_files(&self) -> Vec<PathBuf> {
+        files_in(&self.dir.join("client-staging-input-directory"))
+    }
+
+    /// Files in `.incoming/` (uploads in progress).
+    pub fn incoming_files(&self) -> Vec<PathBuf> {
+        files_in(&self.dir.join("client-staging-input-directory/.incoming"))
+    }
+
+    /// The last lines of the log.
+    pub fn tail_log(&self) -> String {
+        let log = self.log();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+
+    /// Rewrites `customer_information.json`.
+    pub fn write_customers(&self, text: &str) {
+        let path = self.dir.join("customer_information.json");
+        let tmp = self.dir.join(".customer_information.json.tmp");
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::rename(tmp, path).unwrap();
+    }
+}
+
+impl Drop for Platform {
+    fn drop(&mut self) {
+        self.kill9();
+        if std::thread::panicking() {
+            eprintln!("platform log ({}):\n{}", self.dir.display(), self.tail_log());
+        }
+    }
+}
+
+fn files_in(dir: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(dir)
+        .map(|d| d.flatten().map(|e| e.path()).filter(|p| p.is_file()).collect())
+        .unwrap_or_default()
+}
+
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(600)))
+        .build()
+        .into()
+}
+
+fn read_response(response: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> (u16, Value) {
+    match response {
+        Ok(mut response) => {
+            let status = response.status().as_u16();
+            let text = response
+                .body_mut()
+                .with_config()
+                .limit(1 << 30)
+                .read_to_string()
+                .unwrap_or_default();
+            (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+        }
+        Err(e) => panic!("HTTP request failed: {e}"),
+    }
+}
