@@ -3,4 +3,5 @@
 
 pub mod coredms;
 pub mod plugin_host;
+pub mod queue;
 pub mod tenants;

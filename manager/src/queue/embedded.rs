@@ -1,0 +1,623 @@
+//! The embedded queue: every tenant's topic in one SQLite database, `<data>/queue.sqlite`,
+//! nothing to install. It keeps the contract of the [`queue`](super) module:
+//! - **Durable acknowledgement**: the database runs in WAL mode with `synchronous=FULL`, and a
+//!   produce call is answered only after the transaction holding its messages has committed,
+//!   so the WAL is fsynced: an acknowledged message survives kill -9 and power loss.
+//! - **Group commit**: one writer thread owns the write connection; produce and commit
+//!   requests wait in a bounded channel (backpressure beyond it), and the writer applies all
+//!   waiting requests in one transaction, so concurrent producers share one fsync.
+//! - **Partitions**: a topic has a fixed number of partitions (set when it is created);
+//!   messages go round-robin, each with the next offset of its partition. A partition's
+//!   messages are read in offset order.
+//! - **Consumer groups**: consumers of one group (in this process) get disjoint partition sets,
+//!   recomputed when a consumer joins or is dropped. Committed offsets are stored per group,
+//!   topic and partition, and only ever move forward; a consumer reads a partition newly
+//!   assigned to it from the group's committed offset, so after a restart or crash every
+//!   uncommitted message is delivered again.
+//! - **Bounded memory**: consumers read on demand, one poll (at most `max` messages and
+//!   `max_poll_bytes`) at a time; nothing is prefetched.
+//! - **Retention**: a message is deleted once every group that has committed on its topic has
+//!   committed past it (checked at most every `cleanup_interval_ms`, in chunks). Messages of a
+//!   topic that no group has committed on are kept, so nothing is lost before a first consumer
+//!   comes. A group created later starts at the oldest message still kept. A group that stops
+//!   consuming holds messages back (its lag shows it).
+//!
+//! One process at a time: a lock (`<data>/queue.lock`, held by an exclusive SQLite connection,
+//! released by the kernel when the process dies) refuses a second opener.
+//!
+//! Tables: `queue_topics` (name, partitions), `queue_partitions` (next offset of each
+//! partition), `queue_messages` (topic, partition, offset, timestamp, payload) and
+//! `queue_offsets` (committed position per group, topic and partition).
+
+mod groups;
+mod writer;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
+use tokio::sync::{mpsc, oneshot, watch};
+
+use self::groups::Groups;
+use self::writer::{Request, SCHEMA, Writer, internal, load_topics, sqlite_error};
+use super::{
+    Produced, Queue, QueueConfig, QueueConsumer, QueueError, QueueErrorKind, QueuedMessage, check_group, check_sizes,
+};
+use crate::tenants::TenantId;
+
+/// The queue database's file name in the data folder.
+pub const DATABASE_FILE: &str = "queue.sqlite";
+/// The lock that keeps a second process out.
+const LOCK_FILE: &str = "queue.lock";
+
+/// The embedded queue backend.
+pub struct EmbeddedQueue {
+    shared: Arc<Shared>,
+}
+
+/// What the queue and its consumers share.
+struct Shared {
+    path: PathBuf,
+    partitions: u32,
+    max_message_bytes: usize,
+    max_poll_bytes: usize,
+    writer: mpsc::Sender<Request>,
+    topics: Mutex<HashMap<TenantId, Arc<TopicInfo>>>,
+    groups: Mutex<Groups>,
+    _process_lock: Mutex<Connection>,
+}
+
+impl Shared {
+    fn groups(&self) -> MutexGuard<'_, Groups> {
+        self.groups.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Sends a request to the writer and waits for its answer.
+    async fn request<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<T, QueueError>>) -> Request,
+    ) -> Result<T, QueueError> {
+        let (reply, answer) = oneshot::channel();
+        let stopped = || QueueError::new(QueueErrorKind::Unavailable, "embedded queue: the writer has stopped");
+        self.writer.send(make(reply)).await.map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())?
+    }
+}
+
+/// A topic as the queue and its consumers see it.
+pub(crate) struct TopicInfo {
+    id: i64,
+    name: String,
+    partitions: u32,
+    /// Bumped after every transaction that stored messages in the topic, and on every change
+    /// of its groups' membership: consumers waiting for messages watch it.
+    changed: watch::Sender<u64>,
+}
+
+impl TopicInfo {
+    fn new(id: i64, name: String, partitions: u32) -> Self {
+        TopicInfo {
+            id,
+            name,
+            partitions,
+            changed: watch::Sender::new(0),
+        }
+    }
+
+    fn notify(&self) {
+        self.changed.send_modify(|v| *v = v.wrapping_add(1));
+    }
+}
+
+impl EmbeddedQueue {
+    /// Opens (creating if needed) `<data_dir>/queue.sqlite` and starts its writer thread.
+    pub async fn open(config: &QueueConfig, data_dir: &Path) -> Result<Self, QueueError> {
+        let (config, data_dir) = (config.clone(), data_dir.to_path_buf());
+        tokio::task::spawn_blocking(move || Self::open_blocking(&config, &data_dir))
+            .await
+            .map_err(|e| internal(format!("opening the queue failed: {e}")))?
+    }
+
+    fn open_blocking(config: &QueueConfig, data_dir: &Path) -> Result<Self, QueueError> {
+        std::fs::create_dir_all(data_dir).map_err(|e| {
+            QueueError::new(
+                QueueErrorKind::Unavailable,
+                format!("embedded queue: cannot create {}: {e}", data_dir.display()),
+            )
+        })?;
+        let process_lock = lock_process(&data_dir.join(LOCK_FILE))?;
+        let path = data_dir.join(DATABASE_FILE);
+        let opening = |e| sqlite_error(&format!("opening {}", path.display()), e);
+        let connection = Connection::open(&path).map_err(opening)?;
+        let mode: String = connection
+            .pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))
+            .map_err(opening)?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(internal(format!("{} refused WAL mode (got {mode})", path.display())));
+        }
+        connection
+            .execute_batch("PRAGMA synchronous = FULL; PRAGMA busy_timeout = 10000; PRAGMA cache_size = -32768;")
+            .map_err(opening)?;
+        connection.execute_batch(SCHEMA).map_err(opening)?;
+        let topics = load_topics(&connection).map_err(opening)?;
+        let known: HashMap<TenantId, Arc<TopicInfo>> = topics
+            .values()
+            .filter_map(|t| Some((t.info.name.parse().ok()?, Arc::clone(&t.info))))
+            .collect();
+        let embedded = &config.embedded;
+        let (sender, receiver) = mpsc::channel(embedded.writer_queue.max(1));
+        let writer = Writer::new(
+            connection,
+            topics,
+            embedded.max_transaction_bytes as u64,
+            Duration::from_millis(embedded.cleanup_interval_ms),
+        );
+        std::thread::Builder::new()
+            .name("queue-writer".to_string())
+            .spawn(move || writer.run(receiver))
+            .map_err(|e| internal(format!("cannot start the writer thread: {e}")))?;
+        log::info!(
+            "embedded queue: opened {} topics={} partitions_per_new_topic={}",
+            path.display(),
+            known.len(),
+            embedded.partitions
+        );
+        Ok(EmbeddedQueue {
+            shared: Arc::new(Shared {
+                path,
+                partitions: embedded.partitions.max(1),
+                max_message_bytes: config.max_message_bytes,
+                max_poll_bytes: embedded.max_poll_bytes.max(1),
+                writer: sender,
+                topics: Mutex::new(known),
+                groups: Mutex::default(),
+                _process_lock: Mutex::new(process_lock),
+            }),
+        })
+    }
+
+    /// The tenant's topic, created if missing.
+    async fn topic(&self, tenant: &TenantId) -> Result<Arc<TopicInfo>, QueueError> {
+        if let Some(topic) = self.shared.topics.lock().unwrap_or_else(|e| e.into_inner()).get(tenant) {
+            return Ok(Arc::clone(topic));
+        }
+        let (name, partitions) = (tenant.to_string(), self.shared.partitions);
+        let topic = self
+            .shared
+            .request(|reply| Request::EnsureTopic {
+                name,
+                partitions,
+                reply,
+            })
+            .await?;
+        log::info!(
+            "embedded queue: tenant={tenant} topic ready, partitions={}",
+            topic.partitions
+        );
+        let mut topics = self.shared.topics.lock().unwrap_or_else(|e| e.into_inner());
+        Ok(Arc::clone(topics.entry(tenant.clone()).or_insert(topic)))
+    }
+}
+
+#[async_trait]
+impl Queue for EmbeddedQueue {
+    fn backend(&self) -> &'static str {
+        "embedded"
+    }
+
+    async fn ensure_topic(&self, tenant: &TenantId) -> Result<(), QueueError> {
+        self.topic(tenant).await.map(|_| ())
+    }
+
+    async fn produce(&self, tenant: &TenantId, messages: Vec<Vec<u8>>) -> Result<Produced, QueueError> {
+        let bytes = check_sizes(tenant, &messages, self.shared.max_message_bytes)?;
+        if messages.is_empty() {
+            return Ok(Produced::default());
+        }
+        let topic_id = self.topic(tenant).await?.id;
+        self.shared
+            .request(|reply| Request::Produce {
+                topic_id,
+                messages,
+                bytes,
+                reply,
+            })
+            .await
+            .map_err(|e| QueueError::new(e.kind, format!("tenant {tenant}: {}", e.message)))
+    }
+
+    async fn consumer(&self, tenant: &TenantId, group: &str) -> Result<Box<dyn QueueConsumer>, QueueError> {
+        check_group(tenant, group)?;
+        let topic = self.topic(tenant).await?;
+        let path = self.shared.path.clone();
+        let reader = tokio::task::spawn_blocking(move || open_reader(&path))
+            .await
+            .map_err(|e| internal(format!("opening a reader failed: {e}")))??;
+        let member = self.shared.groups().join(topic.id, group);
+        topic.notify();
+        log::info!("embedded queue: tenant={tenant} group={group} consumer {member} joined");
+        Ok(Box::new(EmbeddedConsumer {
+            shared: Arc::clone(&self.shared),
+            tenant: tenant.clone(),
+            changed: topic.changed.subscribe(),
+            topic,
+            group: group.to_string(),
+            member,
+            reader: Some(reader),
+            generation: u64::MAX,
+            positions: BTreeMap::new(),
+            rotation: 0,
+        }))
+    }
+}
+
+/// One member of a consumer group of the embedded queue.
+pub struct EmbeddedConsumer {
+    shared: Arc<Shared>,
+    tenant: TenantId,
+    topic: Arc<TopicInfo>,
+    changed: watch::Receiver<u64>,
+    group: String,
+    member: u64,
+    /// The read connection (`None` while a read has it, or after a cancelled read).
+    reader: Option<Connection>,
+    /// The group generation `positions` was computed for.
+    generation: u64,
+    /// The assigned partitions and the next offset to read in each (`None`: the group's
+    /// committed offset, to be looked up).
+    positions: BTreeMap<u32, Option<u64>>,
+    /// Which partition is read first, rotating so that each gets its turn.
+    rotation: usize,
+}
+
+impl EmbeddedConsumer {
+    /// Recomputes the assignment when the group changed: partitions kept keep their position,
+    /// new ones start at the committed offset.
+    fn refresh_assignment(&mut self) {
+        let (generation, partitions) =
+            self.shared
+                .groups()
+                .assignment(self.topic.id, &self.group, self.member, self.topic.partitions);
+        if generation == self.generation {
+            return;
+        }
+        let positions = partitions
+            .into_iter()
+            .map(|p| (p, self.positions.get(&p).copied().flatten()))
+            .collect();
+        self.positions = positions;
+        self.generation = generation;
+    }
+
+    /// Runs `f` on the read connection on the blocking pool.
+    async fn with_reader<T: Send + 'static>(
+        &mut self,
+        what: &'static str,
+        f: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+    ) -> Result<T, QueueError> {
+        let reader = self.reader.take();
+        let path = self.shared.path.clone();
+        let (reader, result) = tokio::task::spawn_blocking(move || {
+            let reader = match reader {
+                Some(reader) => reader,
+                None => match open_reader(&path) {
+                    Ok(reader) => reader,
+                    Err(e) => return (None, Err(e)),
+                },
+            };
+            let result = f(&reader).map_err(|e| sqlite_error(what, e));
+            (Some(reader), result)
+        })
+        .await
+        .map_err(|e| internal(format!("{what} failed: {e}")))?;
+        self.reader = reader;
+        result.map_err(|e| {
+            QueueError::new(
+                e.kind,
+                format!("tenant {} group {}: {}", self.tenant, self.group, e.message),
+            )
+        })
+    }
+
+    /// Reads up to `max` messages from the assigned partitions and advances the positions.
+    async fn read(&mut self, max: usize) -> Result<Vec<QueuedMessage>, QueueError> {
+        if self.positions.is_empty() {
+            return Ok(Vec::new());
+        }
+        let count = self.positions.len();
+        let start = self.rotation % count;
+        self.rotation = self.rotation.wrapping_add(1);
+        let mut order: Vec<(u32, Option<u64>)> = self.positions.iter().map(|(p, o)| (*p, *o)).collect();
+        order.rotate_left(start);
+        let (topic_id, group, max_bytes) = (self.topic.id, self.group.clone(), self.shared.max_poll_bytes);
+        let (messages, positions) = self
+            .with_reader("reading messages", move |reader| {
+                read_partitions(reader, topic_id, &group, order, max, max_bytes)
+            })
+            .await?;
+        for (partition, position) in positions {
+            if let Some(slot) = self.positions.get_mut(&partition) {
+                *slot = Some(position);
+            }
+        }
+        Ok(messages)
+    }
+}
+
+#[async_trait]
+impl QueueConsumer for EmbeddedConsumer {
+    async fn poll(&mut self, max: usize, wait: Duration) -> Result<Vec<QueuedMessage>, QueueError> {
+        let deadline = Instant::now() + wait;
+        loop {
+            // Marked seen before reading: a store or rebalance after this wakes the wait below.
+            self.changed.borrow_and_update();
+            self.refresh_assignment();
+            let messages = self.read(max.max(1)).await?;
+            if !messages.is_empty() {
+                return Ok(messages);
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() || tokio::time::timeout(left, self.changed.changed()).await.is_err() {
+                return Ok(Vec::new());
+            }
+        }
+    }
+
+    async fn commit(&mut self, up_to: &[(u32, u64)]) -> Result<(), QueueError> {
+        if up_to.is_empty() {
+            return Ok(());
+        }
+        let next_offsets = up_to.iter().map(|(p, o)| (*p, o.saturating_add(1))).collect();
+        let (topic_id, group) = (self.topic.id, self.group.clone());
+        self.shared
+            .request(|reply| Request::Commit {
+                topic_id,
+                group,
+                next_offsets,
+                reply,
+            })
+            .await
+            .map_err(|e| {
+                QueueError::new(
+                    e.kind,
+                    format!("tenant {} group {}: {}", self.tenant, self.group, e.message),
+                )
+            })
+    }
+
+    async fn lag(&mut self) -> Result<u64, QueueError> {
+        let (topic_id, group) = (self.topic.id, self.group.clone());
+        self.with_reader("computing the lag", move |reader| group_lag(reader, topic_id, &group))
+            .await
+    }
+
+    fn assignment(&mut self) -> Result<Vec<u32>, QueueError> {
+        self.refresh_assignment();
+        Ok(self.positions.keys().copied().collect())
+    }
+}
+
+impl Drop for EmbeddedConsumer {
+    fn drop(&mut self) {
+        self.shared.groups().leave(self.topic.id, &self.group, self.member);
+        self.topic.notify();
+        log::info!(
+            "embedded queue: tenant={} group={} consumer {} left (group generation {})",
+            self.tenant,
+            self.group,
+            self.member,
+            self.shared.groups().generation(self.topic.id, &self.group)
+        );
+    }
+}
+
+/// Partitions and the next offset to read in each.
+type Positions = Vec<(u32, u64)>;
+
+/// Reads partitions in the given order, sharing `max` between them (a partition with less
+/// leaves its share to the others), stopping once `max_bytes` is reached (after at least one
+/// message). Returns the messages and each read partition's new position.
+fn read_partitions(
+    reader: &Connection,
+    topic_id: i64,
+    group: &str,
+    order: Vec<(u32, Option<u64>)>,
+    max: usize,
+    max_bytes: usize,
+) -> rusqlite::Result<(Vec<QueuedMessage>, Positions)> {
+    let transaction = reader.unchecked_transaction()?;
+    let mut positions = Vec::with_capacity(order.len());
+    for (partition, position) in order {
+        let position = match position {
+            Some(position) => position,
+            None => committed_offset(&transaction, topic_id, group, partition)?,
+        };
+        positions.push((partition, position));
+    }
+    let mut select = transaction.prepare_cached(
+        "SELECT message_offset, timestamp_ms, payload FROM queue_messages
+          WHERE topic_id = ?1 AND partition = ?2 AND message_offset >= ?3
+          ORDER BY message_offset LIMIT ?4",
+    )?;
+    let (mut messages, mut bytes) = (Vec::new(), 0usize);
+    let mut more = true;
+    while more && messages.len() < max && bytes < max_bytes {
+        more = false;
+        let share = (max - messages.len()).div_ceil(positions.len());
+        for (partition, position) in positions.iter_mut() {
+            let take = share.min(max - messages.len());
+            if take == 0 || bytes >= max_bytes {
+                break;
+            }
+            let mut rows = select.query(params![topic_id, *partition, *position as i64, take as i64])?;
+            let mut read = 0;
+            while let Some(row) = rows.next()? {
+                let payload = row.get_ref(2)?.as_blob()?.to_vec();
+                let offset = row.get::<_, i64>(0)? as u64;
+                bytes += payload.len();
+                messages.push(QueuedMessage {
+                    partition: *partition,
+                    offset,
+                    timestamp_ms: row.get(1)?,
+                    payload,
+                });
+                *position = offset + 1;
+                read += 1;
+                if bytes >= max_bytes {
+                    break;
+                }
+            }
+            more |= read == take;
+        }
+    }
+    drop(select);
+    transaction.commit()?;
+    Ok((messages, positions))
+}
+
+fn committed_offset(connection: &Connection, topic_id: i64, group: &str, partition: u32) -> rusqlite::Result<u64> {
+    let committed: Option<i64> = connection
+        .prepare_cached(
+            "SELECT next_offset FROM queue_offsets WHERE topic_id = ?1 AND group_name = ?2 AND partition = ?3",
+        )?
+        .query_row(params![topic_id, group, partition], |r| r.get(0))
+        .optional()?;
+    Ok(committed.unwrap_or(0) as u64)
+}
+
+/// Per partition: the next offset, minus the group's committed offset or, when higher, the
+/// oldest offset still stored.
+fn group_lag(reader: &Connection, topic_id: i64, group: &str) -> rusqlite::Result<u64> {
+    let mut statement = reader.prepare_cached(
+        "SELECT p.next_offset, COALESCE(o.next_offset, 0),
+                COALESCE((SELECT MIN(m.message_offset) FROM queue_messages AS m
+                           WHERE m.topic_id = p.topic_id AND m.partition = p.partition), p.next_offset)
+           FROM queue_partitions AS p
+           LEFT JOIN queue_offsets AS o
+             ON o.topic_id = p.topic_id AND o.partition = p.partition AND o.group_name = ?2
+          WHERE p.topic_id = ?1",
+    )?;
+    let rows = statement.query_map(params![topic_id, group], |r| {
+        Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
+    })?;
+    let mut lag = 0u64;
+    for row in rows {
+        let (next, committed, oldest) = row?;
+        lag += (next - committed.max(oldest)).max(0) as u64;
+    }
+    Ok(lag)
+}
+
+fn open_reader(path: &Path) -> Result<Connection, QueueError> {
+    let reading = |e| sqlite_error(&format!("opening {} to read", path.display()), e);
+    let reader = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)
+        .map_err(reading)?;
+    reader.busy_timeout(Duration::from_secs(10)).map_err(reading)?;
+    Ok(reader)
+}
+
+/// Takes the data folder's queue lock: a SQLite database written once in exclusive locking
+/// mode, so its lock is held until the connection closes or the process dies.
+fn lock_process(path: &Path) -> Result<Connection, QueueError> {
+    let locking = |e| sqlite_error(&format!("locking {}", path.display()), e);
+    let connection = Connection::open(path).map_err(locking)?;
+    connection.busy_timeout(Duration::ZERO).map_err(locking)?;
+    let locked = connection.execute_batch(
+        "PRAGMA locking_mode = EXCLUSIVE;
+         CREATE TABLE IF NOT EXISTS held_by (pid INTEGER NOT NULL);
+         DELETE FROM held_by;",
+    );
+    let locked = locked.and_then(|()| {
+        connection
+            .execute("INSERT INTO held_by (pid) VALUES (?1)", [std::process::id()])
+            .map(|_| ())
+    });
+    match locked {
+        Ok(()) => Ok(connection),
+        Err(e) if matches!(e.sqlite_error_code(), Some(rusqlite::ErrorCode::DatabaseBusy)) => Err(QueueError::new(
+            QueueErrorKind::Unavailable,
+            format!(
+                "embedded queue: {} is held by another process (or already open in this one): one process at a time",
+                path.display()
+            ),
+        )),
+        Err(e) => Err(locking(e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_second_open_of_the_same_folder_is_refused_until_the_first_is_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = QueueConfig::default();
+        let first = EmbeddedQueue::open(&config, dir.path()).await.unwrap();
+        let error = EmbeddedQueue::open(&config, dir.path()).await.err().unwrap();
+        assert_eq!(error.kind, QueueErrorKind::Unavailable, "{}", error.message);
+        drop(first);
+        EmbeddedQueue::open(&config, dir.path()).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn consumed_messages_are_deleted_once_every_group_committed_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = QueueConfig::default();
+        config.embedded.partitions = 1;
+        config.embedded.cleanup_interval_ms = 0;
+        let queue = EmbeddedQueue::open(&config, dir.path()).await.unwrap();
+        let tenant: TenantId = "client1".parse().unwrap();
+        queue
+            .produce(&tenant, vec![b"a".to_vec(), b"b".to_vec()])
+            .await
+            .unwrap();
+        let mut fast = queue.consumer(&tenant, "fast").await.unwrap();
+        let mut slow = queue.consumer(&tenant, "slow").await.unwrap();
+        slow.commit(&[(0, 0)]).await.unwrap();
+        fast.commit(&[(0, 1)]).await.unwrap();
+        // The cleanup runs after the next transaction.
+        queue.produce(&tenant, vec![b"c".to_vec()]).await.unwrap();
+        let stored = |dir: &Path| {
+            let connection = open_reader(&dir.join(DATABASE_FILE)).unwrap();
+            connection
+                .query_row("SELECT COUNT(*) FROM queue_messages", [], |r| r.get::<_, i64>(0))
+                .unwrap()
+        };
+        assert_eq!(
+            stored(dir.path()),
+            2,
+            "only the message both groups committed is deleted"
+        );
+        assert_eq!(slow.lag().await.unwrap(), 2);
+        assert_eq!(fast.lag().await.unwrap(), 1);
+        // A group that never committed starts at the oldest message kept.
+        let mut late = queue.consumer(&tenant, "late").await.unwrap();
+        let offsets: Vec<u64> = late
+            .poll(10, Duration::from_secs(1))
+            .await
+            .unwrap()
+            .iter()
+            .map(|m| m.offset)
+            .collect();
+        assert_eq!(offsets, vec![1, 2]);
+        assert_eq!(late.lag().await.unwrap(), 2);
+    }
+
+    #[tokio::test]
+    async fn committing_past_the_end_or_an_unknown_partition_is_invalid() {
+        let dir = tempfile::tempdir().unwrap();
+        let queue = EmbeddedQueue::open(&QueueConfig::default(), dir.path()).await.unwrap();
+        let tenant: TenantId = "client1".parse().unwrap();
+        queue.produce(&tenant, vec![b"a".to_vec()]).await.unwrap();
+        let mut consumer = queue.consumer(&tenant, "g").await.unwrap();
+        for bad in [(0, 1), (9, 0)] {
+            let error = consumer.commit(&[bad]).await.unwrap_err();
+            assert_eq!(error.kind, QueueErrorKind::Invalid, "{}", error.message);
+        }
+        consumer.commit(&[(0, 0)]).await.unwrap();
+    }
+}
