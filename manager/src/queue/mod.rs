@@ -28,6 +28,7 @@
 //! The queue knows nothing about HTTP, plugins or coredms.
 
 pub mod embedded;
+pub mod kafka;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -298,10 +299,7 @@ impl Default for KafkaQueueConfig {
 pub async fn open(config: &QueueConfig, data_dir: &Path) -> Result<Arc<dyn Queue>, QueueError> {
     match config.backend {
         QueueBackend::Embedded => Ok(Arc::new(embedded::EmbeddedQueue::open(config, data_dir).await?)),
-        QueueBackend::Kafka => Err(QueueError::new(
-            QueueErrorKind::Unavailable,
-            "the kafka queue backend is not built yet",
-        )),
+        QueueBackend::Kafka => Ok(Arc::new(kafka::KafkaQueue::connect(config).await?)),
     }
 }
 
