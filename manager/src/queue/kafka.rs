@@ -281,6 +281,7 @@ impl Queue for KafkaQueue {
         log::info!("kafka queue: tenant={tenant} group={group_id} consumer subscribed to {topic}");
         Ok(Box::new(KafkaConsumer {
             consumer: Some(Arc::new(consumer)),
+            producer: self.producer.clone(),
             topic,
             group_id,
             request_timeout: Duration::from_millis(kafka.request_timeout_ms),
@@ -292,6 +293,9 @@ impl Queue for KafkaQueue {
 pub struct KafkaConsumer {
     /// `None` only while dropping.
     consumer: Option<Arc<StreamConsumer>>,
+    /// The queue's producer, whose connections answer metadata and watermark queries at once
+    /// (the consumer's own connection to a leader is often busy with a long-poll fetch).
+    producer: FutureProducer,
     topic: String,
     group_id: String,
     request_timeout: Duration,
@@ -375,11 +379,11 @@ impl QueueConsumer for KafkaConsumer {
     }
 
     async fn lag(&mut self) -> Result<u64, QueueError> {
-        let (topic, timeout) = (self.topic.clone(), self.request_timeout);
+        let (topic, timeout, producer) = (self.topic.clone(), self.request_timeout, self.producer.clone());
         let what = format!("group {} reading the lag of {}", self.group_id, self.topic);
         self.blocking(move |consumer| {
             let fail = |e| kafka_error(&what, e);
-            let metadata = consumer.fetch_metadata(Some(&topic), timeout).map_err(fail)?;
+            let metadata = producer.client().fetch_metadata(Some(&topic), timeout).map_err(fail)?;
             let partitions: Vec<i32> = metadata
                 .topics()
                 .iter()
@@ -393,7 +397,10 @@ impl QueueConsumer for KafkaConsumer {
             let committed = consumer.committed_offsets(list, timeout).map_err(fail)?;
             let mut lag = 0u64;
             for partition in partitions {
-                let (low, high) = consumer.fetch_watermarks(&topic, partition, timeout).map_err(fail)?;
+                let (low, high) = producer
+                    .client()
+                    .fetch_watermarks(&topic, partition, timeout)
+                    .map_err(fail)?;
                 let position = match committed.find_partition(&topic, partition).map(|e| e.offset()) {
                     Some(Offset::Offset(offset)) => offset.max(low),
                     _ => low,
