@@ -16,11 +16,14 @@
 //!   uncommitted message is delivered again.
 //! - **Bounded memory**: consumers read on demand, one poll (at most `max` messages and
 //!   `max_poll_bytes`) at a time; nothing is prefetched.
-//! - **Retention**: a message is deleted once every group that has committed on its topic has
-//!   committed past it (checked at most every `cleanup_interval_ms`, in chunks). Messages of a
-//!   topic that no group has committed on are kept, so nothing is lost before a first consumer
-//!   comes. A group created later starts at the oldest message still kept. A group that stops
-//!   consuming holds messages back (its lag shows it).
+//! - **Retention**: a message is deleted once every group of its topic has committed past it
+//!   (by the writer, every `cleanup_interval_ms` while there is something to delete, in chunks
+//!   so that produce calls never wait long behind it). A group exists from the moment its first
+//!   consumer is created (its position is stored then), and stays until deleted from
+//!   `queue_offsets`: a group that stops consuming holds messages back (its lag shows it).
+//!   Messages of a topic without a group are kept, so nothing is lost before a first consumer
+//!   comes; a group created later starts at the oldest message still kept. Deleted rows free pages that later
+//!   messages reuse: the file keeps the size of the largest backlog (no VACUUM).
 //!
 //! One process at a time: a lock (`<data>/queue.lock`, held by an exclusive SQLite connection,
 //! released by the kernel when the process dies) refuses a second opener.
@@ -236,6 +239,18 @@ impl Queue for EmbeddedQueue {
         let reader = tokio::task::spawn_blocking(move || open_reader(&path))
             .await
             .map_err(|e| internal(format!("opening a reader failed: {e}")))??;
+        // The group exists from its first consumer on: a position at 0 (never moving a committed
+        // one back) keeps the topic's messages from being deleted before the group read them.
+        let (topic_id, name) = (topic.id, group.to_string());
+        let next_offsets = (0..topic.partitions).map(|p| (p, 0)).collect();
+        self.shared
+            .request(|reply| Request::Commit {
+                topic_id,
+                group: name,
+                next_offsets,
+                reply,
+            })
+            .await?;
         let member = self.shared.groups().join(topic.id, group);
         topic.notify();
         log::info!("embedded queue: tenant={tenant} group={group} consumer {member} joined");
@@ -577,24 +592,30 @@ mod tests {
             .unwrap();
         let mut fast = queue.consumer(&tenant, "fast").await.unwrap();
         let mut slow = queue.consumer(&tenant, "slow").await.unwrap();
-        slow.commit(&[(0, 0)]).await.unwrap();
-        fast.commit(&[(0, 1)]).await.unwrap();
-        // The cleanup runs after the next transaction.
-        queue.produce(&tenant, vec![b"c".to_vec()]).await.unwrap();
         let stored = |dir: &Path| {
             let connection = open_reader(&dir.join(DATABASE_FILE)).unwrap();
             connection
                 .query_row("SELECT COUNT(*) FROM queue_messages", [], |r| r.get::<_, i64>(0))
                 .unwrap()
         };
+        // The writer cleans up after answering; its next answer comes after that cleanup.
+        fast.commit(&[(0, 1)]).await.unwrap();
+        queue.produce(&tenant, vec![b"c".to_vec()]).await.unwrap();
         assert_eq!(
             stored(dir.path()),
-            2,
+            3,
+            "a group that has not committed yet holds every message"
+        );
+        slow.commit(&[(0, 0)]).await.unwrap();
+        queue.produce(&tenant, vec![b"d".to_vec()]).await.unwrap();
+        assert_eq!(
+            stored(dir.path()),
+            3,
             "only the message both groups committed is deleted"
         );
-        assert_eq!(slow.lag().await.unwrap(), 2);
-        assert_eq!(fast.lag().await.unwrap(), 1);
-        // A group that never committed starts at the oldest message kept.
+        assert_eq!(slow.lag().await.unwrap(), 3);
+        assert_eq!(fast.lag().await.unwrap(), 2);
+        // A group created later starts at the oldest message kept.
         let mut late = queue.consumer(&tenant, "late").await.unwrap();
         let offsets: Vec<u64> = late
             .poll(10, Duration::from_secs(1))
@@ -603,8 +624,38 @@ mod tests {
             .iter()
             .map(|m| m.offset)
             .collect();
-        assert_eq!(offsets, vec![1, 2]);
-        assert_eq!(late.lag().await.unwrap(), 2);
+        assert_eq!(offsets, vec![1, 2, 3]);
+        assert_eq!(late.lag().await.unwrap(), 3);
+    }
+
+    #[tokio::test]
+    async fn a_large_committed_backlog_is_deleted_in_chunks_without_further_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = QueueConfig::default();
+        config.embedded.partitions = 1;
+        config.embedded.cleanup_interval_ms = 10;
+        let queue = EmbeddedQueue::open(&config, dir.path()).await.unwrap();
+        let tenant: TenantId = "client1".parse().unwrap();
+        let total = writer::CLEANUP_CHUNK as usize * 2 + 1;
+        for _ in 0..3 {
+            queue.produce(&tenant, vec![vec![1u8]; total / 3]).await.unwrap();
+        }
+        let mut consumer = queue.consumer(&tenant, "g").await.unwrap();
+        consumer.commit(&[(0, total as u64 - 2)]).await.unwrap();
+        let path = dir.path().join(DATABASE_FILE);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let left: i64 = open_reader(&path)
+                .unwrap()
+                .query_row("SELECT COUNT(*) FROM queue_messages", [], |r| r.get(0))
+                .unwrap();
+            if left == 1 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{left} messages left, 1 expected");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(consumer.lag().await.unwrap(), 1);
     }
 
     #[tokio::test]

@@ -45,7 +45,7 @@ pub(super) const SCHEMA: &str = "
 
 /// Rows one cleanup pass deletes at most per partition, so a cleanup never holds the writer
 /// for long; the rest goes in the next passes.
-const CLEANUP_CHUNK: u64 = 100_000;
+pub(super) const CLEANUP_CHUNK: u64 = 100_000;
 
 /// A request to the writer, answered once durable.
 pub(super) enum Request {
@@ -160,10 +160,34 @@ impl Writer {
         }
     }
 
-    /// Serves requests until every sender is gone.
+    /// Serves requests until every sender is gone. Cleanup runs between transactions, and
+    /// also while idle as long as some topic has committed messages left to delete.
     pub(super) fn run(mut self, mut requests: mpsc::Receiver<Request>) {
         self.dirty = self.topics.keys().copied().collect();
-        while let Some(first) = requests.blocking_recv() {
+        // A small runtime of the writer's own, only to wait for a request with a timeout.
+        let waiter = match tokio::runtime::Builder::new_current_thread().enable_time().build() {
+            Ok(waiter) => waiter,
+            Err(e) => {
+                log::error!("embedded queue: the writer cannot start its timer: {e}");
+                return;
+            }
+        };
+        loop {
+            let next = if self.dirty.is_empty() {
+                requests.blocking_recv()
+            } else {
+                let wait = self.cleanup_interval.saturating_sub(self.last_cleanup.elapsed());
+                match waiter.block_on(async { tokio::time::timeout(wait, requests.recv()).await }) {
+                    Ok(request) => request,
+                    Err(_idle) => {
+                        self.cleanup();
+                        continue;
+                    }
+                }
+            };
+            let Some(first) = next else {
+                return;
+            };
             let mut bytes = first.bytes();
             let mut batch = vec![first];
             while bytes < self.max_transaction_bytes {
