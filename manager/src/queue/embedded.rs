@@ -144,6 +144,16 @@ impl EmbeddedQueue {
         connection
             .execute_batch("PRAGMA synchronous = FULL; PRAGMA busy_timeout = 10000; PRAGMA cache_size = -32768;")
             .map_err(opening)?;
+        // FULL (2): every commit syncs the WAL, which is what makes an acknowledgement durable.
+        let synchronous: i64 = connection
+            .pragma_query_value(None, "synchronous", |r| r.get(0))
+            .map_err(opening)?;
+        if synchronous != 2 {
+            return Err(internal(format!(
+                "{} refused synchronous=FULL (got {synchronous})",
+                path.display()
+            )));
+        }
         connection.execute_batch(SCHEMA).map_err(opening)?;
         let topics = load_topics(&connection).map_err(opening)?;
         let known: HashMap<TenantId, Arc<TopicInfo>> = topics
