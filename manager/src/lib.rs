@@ -7,6 +7,7 @@ pub mod coredms;
 pub mod daas;
 pub mod platform;
 pub mod plugin_host;
+pub mod queue;
 pub mod report;
 pub mod staging;
 pub mod telemetry;

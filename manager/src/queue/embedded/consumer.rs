@@ -1,0 +1,296 @@
+//! One member of a consumer group of the embedded queue: its partitions come from the group's
+//! membership ([`groups`](super::groups)), its reads go through a read-only connection of its
+//! own, its commits through the writer.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use rusqlite::{Connection, OptionalExtension, params};
+use tokio::sync::watch;
+
+use super::writer::{Request, internal, sqlite_error};
+use super::{Shared, TopicInfo, open_reader};
+use crate::queue::{QueueConsumer, QueueError, QueuedMessage};
+use crate::tenants::TenantId;
+
+/// One member of a consumer group of the embedded queue.
+pub struct EmbeddedConsumer {
+    shared: Arc<Shared>,
+    tenant: TenantId,
+    topic: Arc<TopicInfo>,
+    changed: watch::Receiver<u64>,
+    group: String,
+    member: u64,
+    /// The read connection (`None` while a read has it, or after a cancelled read).
+    reader: Option<Connection>,
+    /// The group generation `positions` was computed for.
+    generation: u64,
+    /// The assigned partitions and the next offset to read in each (`None`: the group's
+    /// committed offset, to be looked up).
+    positions: BTreeMap<u32, Option<u64>>,
+    /// Which partition is read first, rotating so that each gets its turn.
+    rotation: usize,
+}
+
+impl EmbeddedConsumer {
+    /// A consumer that has joined the group as `member`.
+    pub(super) fn new(
+        shared: Arc<Shared>,
+        tenant: TenantId,
+        topic: Arc<TopicInfo>,
+        group: String,
+        member: u64,
+        reader: Connection,
+    ) -> Self {
+        EmbeddedConsumer {
+            shared,
+            tenant,
+            changed: topic.changed.subscribe(),
+            topic,
+            group,
+            member,
+            reader: Some(reader),
+            generation: u64::MAX,
+            positions: BTreeMap::new(),
+            rotation: 0,
+        }
+    }
+
+    /// Recomputes the assignment when the group changed: partitions kept keep their position,
+    /// new ones start at the committed offset.
+    fn refresh_assignment(&mut self) {
+        let (generation, partitions) =
+            self.shared
+                .groups()
+                .assignment(self.topic.id, &self.group, self.member, self.topic.partitions);
+        if generation == self.generation {
+            return;
+        }
+        let positions = partitions
+            .into_iter()
+            .map(|p| (p, self.positions.get(&p).copied().flatten()))
+            .collect();
+        self.positions = positions;
+        self.generation = generation;
+    }
+
+    /// Runs `f` on the read connection on the blocking pool.
+    async fn with_reader<T: Send + 'static>(
+        &mut self,
+        what: &'static str,
+        f: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+    ) -> Result<T, QueueError> {
+        let reader = self.reader.take();
+        let path = self.shared.path.clone();
+        let (reader, result) = tokio::task::spawn_blocking(move || {
+            let reader = match reader {
+                Some(reader) => reader,
+                None => match open_reader(&path) {
+                    Ok(reader) => reader,
+                    Err(e) => return (None, Err(e)),
+                },
+            };
+            let result = f(&reader).map_err(|e| sqlite_error(what, e));
+            (Some(reader), result)
+        })
+        .await
+        .map_err(|e| internal(format!("{what} failed: {e}")))?;
+        self.reader = reader;
+        result.map_err(|e| {
+            QueueError::new(
+                e.kind,
+                format!("tenant {} group {}: {}", self.tenant, self.group, e.message),
+            )
+        })
+    }
+
+    /// Reads up to `max` messages from the assigned partitions and advances the positions.
+    async fn read(&mut self, max: usize) -> Result<Vec<QueuedMessage>, QueueError> {
+        if self.positions.is_empty() {
+            return Ok(Vec::new());
+        }
+        let count = self.positions.len();
+        let start = self.rotation % count;
+        self.rotation = self.rotation.wrapping_add(1);
+        let mut order: Vec<(u32, Option<u64>)> = self.positions.iter().map(|(p, o)| (*p, *o)).collect();
+        order.rotate_left(start);
+        let (topic_id, group, max_bytes) = (self.topic.id, self.group.clone(), self.shared.max_poll_bytes);
+        let (messages, positions) = self
+            .with_reader("reading messages", move |reader| {
+                read_partitions(reader, topic_id, &group, order, max, max_bytes)
+            })
+            .await?;
+        for (partition, position) in positions {
+            if let Some(slot) = self.positions.get_mut(&partition) {
+                *slot = Some(position);
+            }
+        }
+        Ok(messages)
+    }
+}
+
+#[async_trait]
+impl QueueConsumer for EmbeddedConsumer {
+    async fn poll(&mut self, max: usize, wait: Duration) -> Result<Vec<QueuedMessage>, QueueError> {
+        let deadline = Instant::now() + wait;
+        loop {
+            // Marked seen before reading: a store or rebalance after this wakes the wait below.
+            self.changed.borrow_and_update();
+            self.refresh_assignment();
+            let messages = self.read(max.max(1)).await?;
+            if !messages.is_empty() {
+                return Ok(messages);
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() || tokio::time::timeout(left, self.changed.changed()).await.is_err() {
+                return Ok(Vec::new());
+            }
+        }
+    }
+
+    async fn commit(&mut self, up_to: &[(u32, u64)]) -> Result<(), QueueError> {
+        if up_to.is_empty() {
+            return Ok(());
+        }
+        let next_offsets = up_to.iter().map(|(p, o)| (*p, o.saturating_add(1))).collect();
+        let (topic_id, group) = (self.topic.id, self.group.clone());
+        self.shared
+            .request(|reply| Request::Commit {
+                topic_id,
+                group,
+                next_offsets,
+                reply,
+            })
+            .await
+            .map_err(|e| {
+                QueueError::new(
+                    e.kind,
+                    format!("tenant {} group {}: {}", self.tenant, self.group, e.message),
+                )
+            })
+    }
+
+    async fn lag(&mut self) -> Result<u64, QueueError> {
+        let (topic_id, group) = (self.topic.id, self.group.clone());
+        self.with_reader("computing the lag", move |reader| group_lag(reader, topic_id, &group))
+            .await
+    }
+
+    fn assignment(&mut self) -> Result<Vec<u32>, QueueError> {
+        self.refresh_assignment();
+        Ok(self.positions.keys().copied().collect())
+    }
+}
+
+impl Drop for EmbeddedConsumer {
+    fn drop(&mut self) {
+        self.shared.groups().leave(self.topic.id, &self.group, self.member);
+        self.topic.notify();
+        log::info!(
+            "embedded queue: tenant={} group={} consumer {} left (group generation {})",
+            self.tenant,
+            self.group,
+            self.member,
+            self.shared.groups().generation(self.topic.id, &self.group)
+        );
+    }
+}
+
+/// Partitions and the next offset to read in each.
+type Positions = Vec<(u32, u64)>;
+
+/// Reads partitions in the given order, sharing `max` between them (a partition with less
+/// leaves its share to the others), stopping once `max_bytes` is reached (after at least one
+/// message). Returns the messages and each read partition's new position.
+fn read_partitions(
+    reader: &Connection,
+    topic_id: i64,
+    group: &str,
+    order: Vec<(u32, Option<u64>)>,
+    max: usize,
+    max_bytes: usize,
+) -> rusqlite::Result<(Vec<QueuedMessage>, Positions)> {
+    let transaction = reader.unchecked_transaction()?;
+    let mut positions = Vec::with_capacity(order.len());
+    for (partition, position) in order {
+        let position = match position {
+            Some(position) => position,
+            None => committed_offset(&transaction, topic_id, group, partition)?,
+        };
+        positions.push((partition, position));
+    }
+    let mut select = transaction.prepare_cached(
+        "SELECT message_offset, timestamp_ms, payload FROM queue_messages
+          WHERE topic_id = ?1 AND partition = ?2 AND message_offset >= ?3
+          ORDER BY message_offset LIMIT ?4",
+    )?;
+    let (mut messages, mut bytes) = (Vec::new(), 0usize);
+    let mut more = true;
+    while more && messages.len() < max && bytes < max_bytes {
+        more = false;
+        let share = (max - messages.len()).div_ceil(positions.len());
+        for (partition, position) in positions.iter_mut() {
+            let take = share.min(max - messages.len());
+            if take == 0 || bytes >= max_bytes {
+                break;
+            }
+            let mut rows = select.query(params![topic_id, *partition, *position as i64, take as i64])?;
+            let mut read = 0;
+            while let Some(row) = rows.next()? {
+                let payload = row.get_ref(2)?.as_blob()?.to_vec();
+                let offset = row.get::<_, i64>(0)? as u64;
+                bytes += payload.len();
+                messages.push(QueuedMessage {
+                    partition: *partition,
+                    offset,
+                    timestamp_ms: row.get(1)?,
+                    payload,
+                });
+                *position = offset + 1;
+                read += 1;
+                if bytes >= max_bytes {
+                    break;
+                }
+            }
+            more |= read == take;
+        }
+    }
+    drop(select);
+    transaction.commit()?;
+    Ok((messages, positions))
+}
+
+fn committed_offset(connection: &Connection, topic_id: i64, group: &str, partition: u32) -> rusqlite::Result<u64> {
+    let committed: Option<i64> = connection
+        .prepare_cached(
+            "SELECT next_offset FROM queue_offsets WHERE topic_id = ?1 AND group_name = ?2 AND partition = ?3",
+        )?
+        .query_row(params![topic_id, group, partition], |r| r.get(0))
+        .optional()?;
+    Ok(committed.unwrap_or(0) as u64)
+}
+
+/// Per partition: the next offset, minus the group's committed offset or, when higher, the
+/// oldest offset still stored.
+fn group_lag(reader: &Connection, topic_id: i64, group: &str) -> rusqlite::Result<u64> {
+    let mut statement = reader.prepare_cached(
+        "SELECT p.next_offset, COALESCE(o.next_offset, 0),
+                COALESCE((SELECT MIN(m.message_offset) FROM queue_messages AS m
+                           WHERE m.topic_id = p.topic_id AND m.partition = p.partition), p.next_offset)
+           FROM queue_partitions AS p
+           LEFT JOIN queue_offsets AS o
+             ON o.topic_id = p.topic_id AND o.partition = p.partition AND o.group_name = ?2
+          WHERE p.topic_id = ?1",
+    )?;
+    let rows = statement.query_map(params![topic_id, group], |r| {
+        Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
+    })?;
+    let mut lag = 0u64;
+    for row in rows {
+        let (next, committed, oldest) = row?;
+        lag += (next - committed.max(oldest)).max(0) as u64;
+    }
+    Ok(lag)
+}
