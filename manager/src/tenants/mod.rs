@@ -366,7 +366,10 @@ mod tests {
         assert!(err.to_string().starts_with("c.json:4:"), "{err}");
         let text = sample("abc");
         let err = Tenants::parse(&text, "c.json").unwrap_err().to_string();
-        assert!(err.starts_with("c.json:") && err.contains("\"abc\" is not a SHA-256 digest"), "{err}");
+        assert!(
+            err.starts_with("c.json:") && err.contains("\"abc\" is not a SHA-256 digest"),
+            "{err}"
+        );
         let text = sample(&TokenDigest::of("x").to_hex()).replace("\"max_files_number\": 5", "\"max_files_number\": 0");
         let err = Tenants::parse(&text, "c.json").unwrap_err().to_string();
         assert!(
