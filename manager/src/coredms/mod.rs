@@ -9,7 +9,7 @@
 //! A [`TenantStore`] is bound to one tenant: it has no way to name another tenant's database
 //! or keyspace. coredms knows nothing about HTTP, plugins or files.
 
-// pub mod cassandra;
+pub mod cassandra;
 pub mod embedded;
 mod limiter;
 pub mod schema;
