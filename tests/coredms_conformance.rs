@@ -102,6 +102,25 @@ impl Backend {
         dms.open_tenant(&storage).await.unwrap()
     }
 
+    /// The same tenant's store as another platform process would see it: for Cassandra a new
+    /// backend instance; for the embedded store (one process owns a data folder) this one.
+    async fn another_process(&self, tenant: &TenantId) -> Arc<dyn TenantStore> {
+        match &self.kind {
+            Kind::Embedded(_) => {
+                let storage = self
+                    .tenants
+                    .lock()
+                    .unwrap()
+                    .iter()
+                    .find(|s| &s.tenant == tenant)
+                    .cloned()
+                    .unwrap();
+                self.dms.open_tenant(&storage).await.unwrap()
+            }
+            Kind::Cassandra(_) => self.reopen(tenant).await,
+        }
+    }
+
     /// After a passing test: drops the test's keyspaces (Cassandra).
     async fn finish(self) {
         let Kind::Cassandra(address) = &self.kind else { return };
@@ -181,6 +200,7 @@ macro_rules! conformance {
 
 conformance!(
     creating_a_table_twice_is_fine_but_another_schema_is_a_schema_error,
+    concurrent_creators_agree_on_one_schema,
     invalid_or_reserved_table_names_are_refused,
     every_column_type_reads_back_exactly_as_written,
     the_same_key_written_twice_is_one_row_with_the_last_values,
@@ -346,6 +366,55 @@ async fn creating_a_table_twice_is_fine_but_another_schema_is_a_schema_error(bac
     assert!(error.message.contains("key"), "{}", error.message);
     // The declared schema is what `tables` shows, nullability included.
     assert_eq!(store.tables().await.unwrap(), vec![(*t).clone()]);
+}
+
+async fn concurrent_creators_agree_on_one_schema(backend: &Backend) {
+    let first = backend.tenant().await;
+    let second = backend.another_process(first.tenant()).await;
+    let mut schemas = Vec::new();
+    for i in 0..6 {
+        let mut t = (*key_value_table("contested")).clone();
+        t.columns[2].nullable = i % 3 != 0; // three schemas, each asked for twice
+        t.columns[3].column_type = if i % 3 == 1 {
+            ColumnType::Double
+        } else {
+            ColumnType::BigInt
+        };
+        schemas.push(t);
+    }
+    let mut creators = tokio::task::JoinSet::new();
+    for (i, schema) in schemas.iter().cloned().enumerate() {
+        let store = Arc::clone(if i % 2 == 0 { &first } else { &second });
+        creators.spawn(async move { (schema.clone(), store.ensure_table(&schema).await) });
+    }
+    let outcomes = creators.join_all().await;
+    let declared = first.tables().await.unwrap();
+    assert_eq!(declared.len(), 1);
+    let winner = &declared[0];
+    for (schema, outcome) in outcomes {
+        match outcome {
+            Ok(()) => assert_eq!(&schema, winner, "a creator succeeded with a schema that lost"),
+            Err(e) => {
+                assert_eq!(e.kind, StoreErrorKind::Schema, "{e}");
+                assert_ne!(&schema, winner, "a creator of the winning schema failed: {e}");
+            }
+        }
+    }
+    assert_eq!(second.tables().await.unwrap(), declared);
+    // The winner's table works.
+    let winner = Arc::new(winner.clone());
+    let row = vec![
+        Value::Text("k".into()),
+        Value::BigInt(1),
+        Value::Text("v".into()),
+        if winner.columns[3].column_type == ColumnType::Double {
+            Value::Double(1.0)
+        } else {
+            Value::BigInt(1)
+        },
+    ];
+    second.write(rows_of(&winner, [row])).await.unwrap();
+    assert_eq!(first.count("contested").await.unwrap(), 1);
 }
 
 async fn invalid_or_reserved_table_names_are_refused(backend: &Backend) {
