@@ -1,6 +1,7 @@
 //! The write path: rows grouped by partition key into UNLOGGED batches of rows of one partition
 //! (Cassandra applies such a batch as one mutation, at less than half the server cost of single
-//! INSERTs), sent many at a time, each request holding a permit of the platform-wide limiter.
+//! INSERTs), sent many at a time with the partitions taking turns, each request holding a permit
+//! of the platform-wide limiter.
 //!
 //! Within one write, a later row with the same primary key replaces an earlier one before
 //! anything is sent: rows of one batch share a timestamp, and Cassandra would break that tie by
@@ -99,10 +100,24 @@ fn plan_requests(rows: &Rows, rows_per_batch: usize, max_bytes: u64) -> Vec<Requ
         };
         partitions[index].add(row, &clustering_key, &mut key);
     }
-    partitions
+    let per_partition = partitions
         .into_iter()
-        .flat_map(|p| cut(p.rows, rows_per_batch, max_bytes))
-        .collect()
+        .map(|p| cut(p.rows, rows_per_batch, max_bytes))
+        .collect();
+    interleave(per_partition)
+}
+
+/// The first request of each partition, then the second of each, and so on: requests in flight
+/// together then hit different partitions, instead of contending for one (Cassandra applies
+/// concurrent updates of one partition with compare-and-swap retries).
+fn interleave(per_partition: Vec<Vec<Request<'_>>>) -> Vec<Request<'_>> {
+    let total = per_partition.iter().map(Vec::len).sum();
+    let mut queues: Vec<_> = per_partition.into_iter().map(Vec::into_iter).collect();
+    let mut requests = Vec::with_capacity(total);
+    while requests.len() < total {
+        requests.extend(queues.iter_mut().filter_map(Iterator::next));
+    }
+    requests
 }
 
 impl<'r> Partition<'r> {
@@ -203,7 +218,7 @@ mod tests {
     }
 
     #[test]
-    fn each_request_holds_rows_of_one_partition_up_to_the_batch_size() {
+    fn each_request_holds_rows_of_one_partition_up_to_the_batch_size_partitions_taking_turns() {
         let input: Vec<(&str, i64, usize)> = (0..7).map(|t| (if t % 2 == 0 { "a" } else { "b" }, t, 1)).collect();
         let rows = rows(&input);
         let planned = shape(&plan_requests(&rows, 2, 1 << 20));
@@ -212,8 +227,8 @@ mod tests {
             planned,
             vec![
                 expected("a", &[0, 2]),
-                expected("a", &[4, 6]),
                 expected("b", &[1, 3]),
+                expected("a", &[4, 6]),
                 expected("b", &[5]),
             ]
         );
