@@ -15,6 +15,7 @@
 //! is fully qualified as `"keyspace"."table"` and every table name from outside is looked up among
 //! the declared tables first.
 
+mod plan;
 mod retry;
 mod tenant;
 mod values;
@@ -28,6 +29,7 @@ use async_trait::async_trait;
 use scylla::client::execution_profile::ExecutionProfile;
 use scylla::client::session::Session;
 use scylla::client::session_builder::SessionBuilder;
+use scylla::cluster::metadata::Strategy;
 use scylla::policies::load_balancing::DefaultPolicy;
 use scylla::policies::retry::FallthroughRetryPolicy;
 use scylla::statement::{Consistency, SerialConsistency};
@@ -268,6 +270,7 @@ impl CassandraDms {
             retry::schema_change(&self.shared, &context, &statement).await?;
         }
         self.warn_if_underreplicated(tenant);
+        self.warn_if_replication_differs(tenant, keyspace);
         log::info!(
             "cassandra: tenant={} keyspace={keyspace} class={class} factor={} ms={}",
             tenant.tenant,
@@ -275,6 +278,36 @@ impl CassandraDms {
             started.elapsed().as_millis()
         );
         Ok(())
+    }
+
+    /// `CREATE KEYSPACE IF NOT EXISTS` keeps an existing keyspace as it is: say so when the
+    /// tenant's configuration asks for another replication (changing it is an operator's
+    /// `ALTER KEYSPACE` followed by a repair, never a side effect of opening a tenant).
+    fn warn_if_replication_differs(&self, tenant: &TenantStorage, keyspace: &str) {
+        let state = self.shared.session.get_cluster_state();
+        let Some(existing) = state.get_keyspace(keyspace) else {
+            return;
+        };
+        let factor = tenant.replication_factor as usize;
+        let same = match (&existing.strategy, tenant.replication_class) {
+            (Strategy::SimpleStrategy { replication_factor }, ReplicationClass::SimpleStrategy) => {
+                *replication_factor == factor
+            }
+            (
+                Strategy::NetworkTopologyStrategy { datacenter_repfactors },
+                ReplicationClass::NetworkTopologyStrategy,
+            ) => datacenter_repfactors.values().all(|&f| f == factor),
+            _ => false,
+        };
+        if !same {
+            log::warn!(
+                "cassandra: tenant={} keyspace={keyspace} has replication {:?}, the tenant's configuration says {:?} \
+                 factor {factor}: left as it is (ALTER KEYSPACE, then repair, to change it)",
+                tenant.tenant,
+                existing.strategy,
+                tenant.replication_class
+            );
+        }
     }
 
     /// A factor above the number of nodes (per datacenter) makes every quorum unreachable.
