@@ -5,7 +5,8 @@
 //! writer at a time) and takes commands over a bounded channel; each write is one transaction
 //! with a cached prepared statement. Reads open their own connection (WAL lets them run beside
 //! the writer). Tables are `STRICT, WITHOUT ROWID` with the declared primary key, so a row is
-//! stored once per key and `INSERT OR REPLACE` makes writes idempotent. The declared schemas
+//! stored once per key and `INSERT OR REPLACE` makes writes idempotent
+//! (doubles sit in `ANY` columns, so that -0.0 and NaN come back as written). The declared schemas
 //! are kept in `mysimbdp_tables`, accounting in `mysimbdp_usage`.
 
 use std::collections::HashMap;
@@ -19,7 +20,7 @@ use tokio::sync::oneshot;
 
 use super::{
     ColumnType, CoreDms, Page, Rows, StoreError, StoreErrorKind, TableSchema, TenantStorage, TenantStore, Value,
-    WriteLimiter, Written, find_table,
+    WriteLimiter, Written, check_declaration, find_table,
 };
 use crate::tenants::TenantId;
 
@@ -152,6 +153,7 @@ impl TenantStore for EmbeddedTenant {
     }
 
     async fn ensure_table(&self, table: &TableSchema) -> Result<(), StoreError> {
+        check_declaration(&self.tenant, table)?;
         let table = table.clone();
         self.command(|reply| Command::EnsureTable(table, reply)).await
     }
@@ -300,6 +302,7 @@ fn ensure_table(connection: &mut Connection, tenant: &TenantId, table: &TableSch
 
 fn write_rows(connection: &mut Connection, tenant: &TenantId, rows: &Rows) -> Result<Written, StoreError> {
     let table = &rows.table;
+    check_declared(connection, tenant, table)?;
     let names: Vec<String> = table.columns.iter().map(|c| quoted(&c.name)).collect();
     let placeholders: Vec<String> = (1..=names.len()).map(|i| format!("?{i}")).collect();
     let sql = format!(
@@ -328,6 +331,30 @@ fn write_rows(connection: &mut Connection, tenant: &TenantId, rows: &Rows) -> Re
         rows: rows.len() as u64,
         bytes: rows.logical_bytes(),
     })
+}
+
+/// Rows go only into a declared table (NotFound otherwise) of the declared schema (Schema).
+fn check_declared(connection: &Connection, tenant: &TenantId, table: &TableSchema) -> Result<(), StoreError> {
+    let declared: Option<String> = connection
+        .prepare_cached("SELECT schema FROM mysimbdp_tables WHERE name = ?1")
+        .and_then(|mut statement| statement.query_row([&table.name], |r| r.get(0)).optional())
+        .map_err(|e| sqlite_error(tenant, "writing rows", e))?;
+    let declared: TableSchema = match declared {
+        None => return Err(find_table(&[], tenant, &table.name).unwrap_err()),
+        Some(json) => serde_json::from_str(&json)
+            .map_err(|e| internal(format!("table {} of {tenant} has a corrupt schema: {e}", table.name)))?,
+    };
+    if declared != *table {
+        return Err(StoreError::new(
+            StoreErrorKind::Schema,
+            format!(
+                "tenant {tenant}: rows for table {} do not have its schema: {}",
+                table.name,
+                declared.difference(table)
+            ),
+        ));
+    }
+    Ok(())
 }
 
 fn read_page(
@@ -460,7 +487,10 @@ fn sqlite_type(t: ColumnType) -> &'static str {
     match t {
         ColumnType::Text => "TEXT",
         ColumnType::BigInt | ColumnType::Int | ColumnType::Boolean | ColumnType::Timestamp => "INTEGER",
-        ColumnType::Double => "REAL",
+        // Not REAL: SQLite stores an integral REAL as an integer, which turns -0.0 into 0.0.
+        // ANY keeps every double as written (NaN, which SQLite cannot hold as a REAL, as its
+        // 8 bytes: see `ToSql for Value`).
+        ColumnType::Double => "ANY",
         ColumnType::Blob => "BLOB",
     }
 }
@@ -472,6 +502,7 @@ impl ToSql for Value {
             Value::Text(s) => ToSqlOutput::Borrowed(ValueRef::Text(s.as_bytes())),
             Value::BigInt(n) | Value::Timestamp(n) => ToSqlOutput::Owned((*n).into()),
             Value::Int(n) => ToSqlOutput::Owned(i64::from(*n).into()),
+            Value::Double(n) if n.is_nan() => ToSqlOutput::Owned(n.to_bits().to_be_bytes().to_vec().into()),
             Value::Double(n) => ToSqlOutput::Owned((*n).into()),
             Value::Boolean(b) => ToSqlOutput::Owned(i64::from(*b).into()),
             Value::Blob(b) => ToSqlOutput::Borrowed(ValueRef::Blob(b)),
@@ -490,6 +521,9 @@ fn read_value(v: ValueRef<'_>, column_type: ColumnType) -> rusqlite::Result<Valu
         (ValueRef::Integer(n), ColumnType::Boolean) => Value::Boolean(n != 0),
         (ValueRef::Real(n), ColumnType::Double) => Value::Double(n),
         (ValueRef::Integer(n), ColumnType::Double) => Value::Double(n as f64),
+        (ValueRef::Blob(b), ColumnType::Double) => {
+            Value::Double(f64::from_bits(u64::from_be_bytes(b.try_into().map_err(|_| wrong())?)))
+        }
         (ValueRef::Blob(b), ColumnType::Blob) => Value::Blob(b.to_vec()),
         _ => return Err(wrong()),
     })

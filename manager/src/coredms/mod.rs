@@ -9,7 +9,7 @@
 //! A [`TenantStore`] is bound to one tenant: it has no way to name another tenant's database
 //! or keyspace. coredms knows nothing about HTTP, plugins or files.
 
-// pub mod cassandra;
+pub mod cassandra;
 pub mod embedded;
 mod limiter;
 pub mod schema;
@@ -152,6 +152,31 @@ pub(crate) fn find_table<'t>(
         StoreError::new(
             StoreErrorKind::NotFound,
             format!("tenant {tenant} has no table {name:?}"),
+        )
+    })
+}
+
+/// Checks a declaration with the rules every plugin's declaration follows
+/// (`plugin_api::TableSpec::validate`: identifiers, no reserved `mysimbdp_` prefix, a partition
+/// key, key columns that exist and are not nullable): tables normally arrive through a checked
+/// plugin manifest, but a backend builds statements from these names, so it checks again.
+pub(crate) fn check_declaration(tenant: &TenantId, table: &TableSchema) -> Result<(), StoreError> {
+    // The rules do not depend on column types, so every column is declared as text here.
+    let mut spec = plugin_api::TableSpec::new(&table.name);
+    for column in &table.columns {
+        spec = if column.nullable {
+            spec.nullable_column(&column.name, plugin_api::ColumnType::Text)
+        } else {
+            spec.column(&column.name, plugin_api::ColumnType::Text)
+        };
+    }
+    let partition_key: Vec<&str> = table.partition_key.iter().map(String::as_str).collect();
+    let clustering_key: Vec<&str> = table.clustering_key.iter().map(String::as_str).collect();
+    spec = spec.partition_key(&partition_key).clustering_key(&clustering_key);
+    spec.validate().map_err(|e| {
+        StoreError::new(
+            StoreErrorKind::Invalid,
+            format!("tenant {tenant}: invalid table declaration: {e}"),
         )
     })
 }
