@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::batch::BatchConfig;
+use crate::coredms::cassandra::CassandraConfig;
+use crate::queue::QueueConfig;
 use crate::report::ReportsConfig;
 use crate::tenants::TokenDigest;
 
@@ -24,6 +26,8 @@ pub struct PlatformConfig {
     pub data_dir: Option<PathBuf>,
     /// Storage.
     pub coredms: CoreDmsConfig,
+    /// The message queue.
+    pub queue: QueueConfig,
     /// The batch manager.
     pub batch: BatchConfig,
     /// The plugin host.
@@ -72,6 +76,8 @@ pub struct CoreDmsConfig {
     pub max_writes_in_flight: usize,
     /// Writes in flight for one tenant.
     pub max_writes_in_flight_per_tenant: usize,
+    /// The Cassandra backend's settings (used when `backend` is `cassandra`).
+    pub cassandra: CassandraConfig,
 }
 
 impl Default for CoreDmsConfig {
@@ -80,6 +86,7 @@ impl Default for CoreDmsConfig {
             backend: Backend::Embedded,
             max_writes_in_flight: 64,
             max_writes_in_flight_per_tenant: 32,
+            cassandra: CassandraConfig::default(),
         }
     }
 }
@@ -154,6 +161,16 @@ mod tests {
         assert_eq!(config.coredms.backend, Backend::Embedded);
         assert_eq!(config.server.listen.to_string(), "127.0.0.1:8080");
         assert_eq!(config.batch.workers, 4);
+        assert_eq!(config.queue.backend, crate::queue::QueueBackend::Embedded);
+    }
+
+    #[test]
+    fn the_backends_are_chosen_in_the_settings() {
+        let text = "[coredms]\nbackend = \"cassandra\"\n[coredms.cassandra]\ncontact_points = [\"10.0.0.1:9042\"]\nconsistency = \"one\"\n[queue]\nbackend = \"kafka\"\n[queue.kafka]\nbrokers = \"10.0.0.2:9092\"\n";
+        let config = PlatformConfig::parse(text, "m.toml").unwrap();
+        assert_eq!(config.coredms.backend, Backend::Cassandra);
+        assert_eq!(config.coredms.cassandra.contact_points, ["10.0.0.1:9042"]);
+        assert_eq!(config.queue.backend, crate::queue::QueueBackend::Kafka);
     }
 
     #[test]

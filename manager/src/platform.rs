@@ -10,6 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::batch::{BatchContext, BatchManager, FileTracker};
 use crate::config::{Backend, PlatformConfig};
+use crate::coredms::cassandra::CassandraDms;
 use crate::coredms::embedded::EmbeddedDms;
 use crate::coredms::{CoreDms, WriteLimiter};
 use crate::daas::{self, ApiState};
@@ -66,8 +67,16 @@ pub async fn serve(options: ServeOptions, shutdown: impl std::future::Future<Out
     ));
     let dms: Arc<dyn CoreDms> = match config.coredms.backend {
         Backend::Embedded => Arc::new(EmbeddedDms::new(&data_dir.join("embedded"), limiter)?),
-        Backend::Cassandra => anyhow::bail!("the cassandra backend is not built into this version"),
+        Backend::Cassandra => Arc::new(
+            CassandraDms::connect(config.coredms.cassandra.clone(), limiter)
+                .await
+                .context("connecting to Cassandra ([coredms.cassandra] in the settings)")?,
+        ),
     };
+    // The queue carries the near-realtime messages; opening it at start surfaces a broken
+    // setting or an unreachable broker now rather than at the first message.
+    let queue = crate::queue::open(&config.queue, &data_dir).await.context("opening the queue ([queue] in the settings)")?;
+    log::info!("queue: {}", queue.backend());
     let plugins = PluginHost::start(
         PluginHostConfig {
             plugins_dir: root.join("plugins"),

@@ -6,11 +6,13 @@ use std::path::{Path, PathBuf};
 /// The cargo target folder of the running test (`target/debug` or `target/release`).
 pub fn target_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("the test knows its own path");
-    // target/<profile>/deps/<test>-<hash>
-    exe.parent()
-        .and_then(Path::parent)
-        .expect("tests run from target/<profile>/deps")
-        .to_path_buf()
+    // Tests run from target/<profile>/deps/<test>-<hash>, binaries from target/<profile>/<bin>.
+    let dir = exe.parent().expect("an executable is in a folder");
+    if dir.file_name().is_some_and(|n| n == "deps") {
+        dir.parent().unwrap_or(dir).to_path_buf()
+    } else {
+        dir.to_path_buf()
+    }
 }
 
 /// A cdylib built by the workspace: `lib<crate>.so` in the target folder.

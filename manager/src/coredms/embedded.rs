@@ -83,11 +83,11 @@ impl EmbeddedTenant {
     fn open(tenant: TenantId, path: PathBuf, limiter: Arc<WriteLimiter>) -> Result<Self, StoreError> {
         let connection = Connection::open(&path).map_err(|e| sqlite_error(&tenant, "opening the database", e))?;
         connection
+            .execute_batch(WRITER_PRAGMAS)
+            .map_err(|e| sqlite_error(&tenant, "preparing the database", e))?;
+        connection
             .execute_batch(
-                "PRAGMA journal_mode = WAL;
-                 PRAGMA synchronous = NORMAL;
-                 PRAGMA busy_timeout = 10000;
-                 CREATE TABLE IF NOT EXISTS mysimbdp_tables (name TEXT PRIMARY KEY, schema TEXT NOT NULL) STRICT;
+                "CREATE TABLE IF NOT EXISTS mysimbdp_tables (name TEXT PRIMARY KEY, schema TEXT NOT NULL) STRICT;
                  CREATE TABLE IF NOT EXISTS mysimbdp_usage (source TEXT PRIMARY KEY, rows INTEGER NOT NULL, bytes INTEGER NOT NULL) STRICT;",
             )
             .map_err(|e| sqlite_error(&tenant, "preparing the database", e))?;
@@ -221,14 +221,7 @@ fn writer_loop(tenant: &TenantId, mut connection: Connection, commands: &std::sy
                 let _ = reply.send(write_rows(&mut connection, tenant, &rows));
             }
             Command::RecordUsage(source, rows, bytes, reply) => {
-                let result = connection
-                    .execute(
-                        "INSERT OR REPLACE INTO mysimbdp_usage (source, rows, bytes) VALUES (?1, ?2, ?3)",
-                        params![source, rows as i64, bytes as i64],
-                    )
-                    .map(|_| ())
-                    .map_err(|e| sqlite_error(tenant, "recording usage", e));
-                let _ = reply.send(result);
+                let _ = reply.send(record_usage(&connection, tenant, &source, rows, bytes));
             }
         }
     }
@@ -300,17 +293,38 @@ fn ensure_table(connection: &mut Connection, tenant: &TenantId, table: &TableSch
         .map_err(|e| sqlite_error(tenant, "creating a table", e))
 }
 
+/// The settings of the writer connection. Rows are committed with `synchronous = NORMAL` (a
+/// commit survives a crash of the process); [`record_usage`] is the durability barrier: it
+/// commits with `FULL`, which syncs the log with every row written before it, and the batch
+/// manager records usage before it writes a file's report and removes the staging file.
+pub const WRITER_PRAGMAS: &str = "PRAGMA journal_mode = WAL;
+    PRAGMA synchronous = NORMAL;
+    PRAGMA busy_timeout = 10000;
+    PRAGMA cache_size = -65536;
+    PRAGMA temp_store = MEMORY;";
+
+/// The statement that upserts a row of `table`.
+pub fn upsert_sql(table: &TableSchema) -> String {
+    let names: Vec<String> = table.columns.iter().map(|c| quoted(&c.name)).collect();
+    let placeholders: Vec<String> = (1..=names.len()).map(|i| format!("?{i}")).collect();
+    format!("INSERT OR REPLACE INTO {} ({}) VALUES ({})", quoted(&table.name), names.join(", "), placeholders.join(", "))
+}
+
+fn record_usage(connection: &Connection, tenant: &TenantId, source: &str, rows: u64, bytes: u64) -> Result<(), StoreError> {
+    let error = |e| sqlite_error(tenant, "recording usage", e);
+    connection.execute_batch("PRAGMA synchronous = FULL").map_err(error)?;
+    let written = connection.execute(
+        "INSERT OR REPLACE INTO mysimbdp_usage (source, rows, bytes) VALUES (?1, ?2, ?3)",
+        params![source, rows as i64, bytes as i64],
+    );
+    connection.execute_batch("PRAGMA synchronous = NORMAL").map_err(error)?;
+    written.map(|_| ()).map_err(error)
+}
+
 fn write_rows(connection: &mut Connection, tenant: &TenantId, rows: &Rows) -> Result<Written, StoreError> {
     let table = &rows.table;
     check_declared(connection, tenant, table)?;
-    let names: Vec<String> = table.columns.iter().map(|c| quoted(&c.name)).collect();
-    let placeholders: Vec<String> = (1..=names.len()).map(|i| format!("?{i}")).collect();
-    let sql = format!(
-        "INSERT OR REPLACE INTO {} ({}) VALUES ({})",
-        quoted(&table.name),
-        names.join(", "),
-        placeholders.join(", ")
-    );
+    let sql = upsert_sql(table);
     let transaction = connection
         .transaction()
         .map_err(|e| sqlite_error(tenant, "writing rows", e))?;

@@ -77,7 +77,8 @@ pub fn convert_batch(batch: &RowBatch, tables: &[Arc<TableSchema>]) -> Result<Ho
     Ok(HostBatch { rows, rejected })
 }
 
-fn host_value(v: &plugin_api::Value) -> Value {
+/// A plugin value copied into a host value.
+pub fn host_value(v: &plugin_api::Value) -> Value {
     match v {
         plugin_api::Value::Null => Value::Null,
         plugin_api::Value::Text(s) => Value::Text(s.as_str().to_owned()),
