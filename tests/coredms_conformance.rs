@@ -825,3 +825,21 @@ async fn an_unknown_table_is_not_found(backend: &Backend) {
     );
     assert_eq!(store.count("kv").await.unwrap(), 0);
 }
+
+/// Not a conformance case (it needs no node): a node that is not there is an Unavailable error
+/// that names the address, not a panic or a hang.
+#[tokio::test(flavor = "multi_thread")]
+async fn cassandra_connect_to_no_node_is_unavailable() {
+    let config = CassandraConfig {
+        contact_points: vec!["127.0.0.1:1".into()],
+        ..CassandraConfig::default()
+    };
+    let started = std::time::Instant::now();
+    let error = match CassandraDms::connect(config, limiter()).await {
+        Ok(_) => panic!("connected to 127.0.0.1:1"),
+        Err(e) => e,
+    };
+    assert_eq!(error.kind, StoreErrorKind::Unavailable, "{error}");
+    assert!(error.message.contains("127.0.0.1:1"), "{error}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(30));
+}
