@@ -33,7 +33,11 @@ pub struct Baseline {
 impl Baseline {
     /// Connects to `address`.
     pub async fn connect(address: &str) -> anyhow::Result<Self> {
-        let session = SessionBuilder::new().known_node(address).build().await.context("connecting to Cassandra")?;
+        let session = SessionBuilder::new()
+            .known_node(address)
+            .build()
+            .await
+            .context("connecting to Cassandra")?;
         let prefix = format!("bench{}_", std::process::id() % 100_000);
         let config = CassandraConfig {
             contact_points: vec![address.to_string()],
@@ -57,7 +61,12 @@ impl Baseline {
         self.dms.open_tenant(&storage).await?.ensure_table(&data.table).await?;
         let columns: Vec<String> = data.table.columns.iter().map(|c| format!("\"{}\"", c.name)).collect();
         let marks = vec!["?"; columns.len()].join(", ");
-        let cql = format!("INSERT INTO \"{}{tenant}\".\"{}\" ({}) VALUES ({marks})", self.prefix, data.table.name, columns.join(", "));
+        let cql = format!(
+            "INSERT INTO \"{}{tenant}\".\"{}\" ({}) VALUES ({marks})",
+            self.prefix,
+            data.table.name,
+            columns.join(", ")
+        );
         let mut insert = self.session.prepare(cql).await?;
         insert.set_consistency(Consistency::One);
 
@@ -68,8 +77,10 @@ impl Baseline {
             let key: Vec<String> = keys.iter().map(|&i| row[i].to_string()).collect();
             partitions.entry(key.join("\u{1f}")).or_default().push(row);
         }
-        let requests: Vec<Vec<&[Value]>> =
-            partitions.values().flat_map(|rows| rows.chunks(ROWS_PER_BATCH).map(<[&[Value]]>::to_vec)).collect();
+        let requests: Vec<Vec<&[Value]>> = partitions
+            .values()
+            .flat_map(|rows| rows.chunks(ROWS_PER_BATCH).map(<[&[Value]]>::to_vec))
+            .collect();
 
         let started = Instant::now();
         stream::iter(requests.into_iter().map(Ok::<_, anyhow::Error>))
@@ -107,22 +118,43 @@ impl Baseline {
                 (),
             )
             .await?;
-        self.session.query_unpaged(table.replace("CREATE TABLE t", &format!("CREATE TABLE IF NOT EXISTS {keyspace}.t")), ()).await?;
+        self.session
+            .query_unpaged(
+                table.replace("CREATE TABLE t", &format!("CREATE TABLE IF NOT EXISTS {keyspace}.t")),
+                (),
+            )
+            .await?;
         let copy = format!(
             "COPY {keyspace}.t ({columns}) FROM '{}' WITH HEADER=true AND DATETIMEFORMAT='%Y-%m-%dT%H:%M:%S.%f%z' AND NUMPROCESSES=2 AND INGESTRATE=1000000",
             file.display()
         );
         let started = Instant::now();
         // A benchmark may block a runtime thread while cqlsh runs.
-        let output = std::process::Command::new(cqlsh).args(["127.0.0.1", "9042", "-e", &copy]).output()?;
+        let output = std::process::Command::new(cqlsh)
+            .args(["127.0.0.1", "9042", "-e", &copy])
+            .output()?;
         let seconds = started.elapsed().as_secs_f64();
         let text = String::from_utf8_lossy(&output.stdout);
-        anyhow::ensure!(output.status.success(), "cqlsh failed: {text}{}", String::from_utf8_lossy(&output.stderr));
+        anyhow::ensure!(
+            output.status.success(),
+            "cqlsh failed: {text}{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
         let rows = text
             .lines()
-            .find_map(|l| l.split_whitespace().next().filter(|_| l.contains("rows imported")).and_then(|n| n.parse().ok()))
+            .find_map(|l| {
+                l.split_whitespace()
+                    .next()
+                    .filter(|_| l.contains("rows imported"))
+                    .and_then(|n| n.parse().ok())
+            })
             .unwrap_or(0);
         let bytes = std::fs::metadata(file)?.len();
-        Ok(Measure { what: format!("cqlsh COPY FROM (2 processes), round {round}"), rows, bytes, seconds })
+        Ok(Measure {
+            what: format!("cqlsh COPY FROM (2 processes), round {round}"),
+            rows,
+            bytes,
+            seconds,
+        })
     }
 }

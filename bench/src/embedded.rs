@@ -16,7 +16,11 @@ use crate::rows::DataSet;
 pub async fn raw_inserts(dir: &Path, data: &DataSet, chunk_rows: usize) -> anyhow::Result<Duration> {
     let tenant = "rawbench".parse().map_err(anyhow::Error::msg)?;
     let dms = EmbeddedDms::new(dir, Arc::new(WriteLimiter::new(64, 32)))?;
-    let storage = TenantStorage { tenant, replication_class: ReplicationClass::SimpleStrategy, replication_factor: 1 };
+    let storage = TenantStorage {
+        tenant,
+        replication_class: ReplicationClass::SimpleStrategy,
+        replication_factor: 1,
+    };
     dms.open_tenant(&storage).await?.ensure_table(&data.table).await?;
     let mut connection = rusqlite::Connection::open(dir.join("rawbench.sqlite"))?;
     connection.execute_batch(WRITER_PRAGMAS)?;

@@ -75,7 +75,9 @@ impl Measure {
     }
 
     fn print(&self, baseline: Option<&Measure>) {
-        let ratio = baseline.map_or(String::new(), |b| format!("  {:.2}× baseline", self.rows_per_second() / b.rows_per_second()));
+        let ratio = baseline.map_or(String::new(), |b| {
+            format!("  {:.2}× baseline", self.rows_per_second() / b.rows_per_second())
+        });
         println!(
             "{:<58} {:>9} rows {:>7.2} s {:>9.0} rows/s {:>7.1} MB/s{ratio}",
             self.what,
@@ -115,7 +117,12 @@ fn platform_pass(platform: &Platform, tenant: &TenantSpec, path: &Path) -> anyho
     let name = path.file_name().and_then(|n| n.to_str()).context("a file name")?;
     let (status, body) = platform.upload_reader(&tenant.name, &tenant.token(), name, file);
     anyhow::ensure!(status == 201, "upload refused: {body}");
-    let report = platform.wait_for_report(&tenant.name, &tenant.token(), body["file_id"].as_str().unwrap_or_default(), Duration::from_secs(3600));
+    let report = platform.wait_for_report(
+        &tenant.name,
+        &tenant.token(),
+        body["file_id"].as_str().unwrap_or_default(),
+        Duration::from_secs(3600),
+    );
     anyhow::ensure!(report["status"] == "done", "the file failed: {report}");
     Ok((
         report["ingest_time"].as_f64().unwrap_or_default(),
@@ -139,7 +146,12 @@ fn main() -> anyhow::Result<()> {
         BackendArg::Embedded => Backend::Embedded,
         BackendArg::Cassandra => Backend::Cassandra,
     };
-    println!("# mysimbdp-bench: {} rows of {tenant_name} {extension} per round, {} rounds, backend {}", args.rows, args.rounds, backend_name(args.backend));
+    println!(
+        "# mysimbdp-bench: {} rows of {tenant_name} {extension} per round, {} rounds, backend {}",
+        args.rows,
+        args.rounds,
+        backend_name(args.backend)
+    );
     let platform = Platform::start(backend, std::slice::from_ref(&tenant), "");
     let mut cassandra = match args.backend {
         BackendArg::Cassandra => Some(runtime.block_on(cassandra::Baseline::connect(&args.cassandra))?),
@@ -147,26 +159,63 @@ fn main() -> anyhow::Result<()> {
     };
 
     // Warm-ups: the baseline and the platform each ingest a file first.
-    let warm = generate(work.path(), Spec::rows(data_shape, args.warmup_rows).with_seed(1000), extension)?;
+    let warm = generate(
+        work.path(),
+        Spec::rows(data_shape, args.warmup_rows).with_seed(1000),
+        extension,
+    )?;
     let warm_rows = materialize(args.shape, &warm)?;
-    baseline_pass(&runtime, args.backend, &mut cassandra, work.path(), "warm-up", &warm_rows)?;
+    baseline_pass(
+        &runtime,
+        args.backend,
+        &mut cassandra,
+        work.path(),
+        "warm-up",
+        &warm_rows,
+    )?;
     drop(warm_rows);
     platform_pass(&platform, &tenant, &warm)?;
 
     let mut baselines = Vec::new();
     let mut platforms = Vec::new();
     for round in 0..args.rounds {
-        let path = generate(work.path(), Spec::rows(data_shape, args.rows).with_seed(round + 1), extension)?;
+        let path = generate(
+            work.path(),
+            Spec::rows(data_shape, args.rows).with_seed(round + 1),
+            extension,
+        )?;
         let data = materialize(args.shape, &path)?;
-        let baseline = baseline_pass(&runtime, args.backend, &mut cassandra, work.path(), &format!("round{round}"), &data)?;
+        let baseline = baseline_pass(
+            &runtime,
+            args.backend,
+            &mut cassandra,
+            work.path(),
+            &format!("round{round}"),
+            &data,
+        )?;
         baseline.print(None);
         let started = Instant::now();
         let (ingest, total, rows) = platform_pass(&platform, &tenant, &path)?;
         let wall = started.elapsed().as_secs_f64();
-        let measure = Measure { what: format!("platform: upload → stored (report ingest_time), round {round}"), rows, bytes: data.file_bytes, seconds: ingest };
+        let measure = Measure {
+            what: format!("platform: upload → stored (report ingest_time), round {round}"),
+            rows,
+            bytes: data.file_bytes,
+            seconds: ingest,
+        };
         measure.print(Some(&baseline));
-        Measure { what: format!("platform: request → stored (total_process_time), round {round}"), rows, bytes: data.file_bytes, seconds: total }.print(Some(&baseline));
-        println!("{:<58} {:>9} rows {wall:>7.2} s (client side, upload and polling included)", format!("platform: wall clock, round {round}"), rows);
+        Measure {
+            what: format!("platform: request → stored (total_process_time), round {round}"),
+            rows,
+            bytes: data.file_bytes,
+            seconds: total,
+        }
+        .print(Some(&baseline));
+        println!(
+            "{:<58} {:>9} rows {wall:>7.2} s (client side, upload and polling included)",
+            format!("platform: wall clock, round {round}"),
+            rows
+        );
         if let (Some(cqlsh), Some(baseline_side)) = (&args.cqlsh, &cassandra) {
             let copy = runtime.block_on(baseline_side.cqlsh_copy(cqlsh, &path, args.shape, round))?;
             copy.print(Some(&baseline));
@@ -174,7 +223,8 @@ fn main() -> anyhow::Result<()> {
         baselines.push(baseline);
         platforms.push(measure);
     }
-    let sum = |ms: &[Measure]| ms.iter().map(|m| m.rows as f64).sum::<f64>() / ms.iter().map(|m| m.seconds).sum::<f64>();
+    let sum =
+        |ms: &[Measure]| ms.iter().map(|m| m.rows as f64).sum::<f64>() / ms.iter().map(|m| m.seconds).sum::<f64>();
     println!(
         "# overall: platform {:.0} rows/s, baseline {:.0} rows/s, ratio {:.2} ({} rows of {table} per round)",
         sum(&platforms),
@@ -205,7 +255,10 @@ fn baseline_pass(
             let dir = work.join(format!("raw-{label}"));
             let elapsed = runtime.block_on(embedded::raw_inserts(&dir, data, 2000))?;
             let _ = std::fs::remove_dir_all(&dir);
-            ("baseline: rusqlite, prepared INSERT, 2000 rows per transaction", elapsed)
+            (
+                "baseline: rusqlite, prepared INSERT, 2000 rows per transaction",
+                elapsed,
+            )
         }
         (BackendArg::Cassandra, Some(baseline)) => {
             let elapsed = runtime.block_on(baseline.raw_inserts(data, label))?;
@@ -213,5 +266,10 @@ fn baseline_pass(
         }
         (BackendArg::Cassandra, None) => anyhow::bail!("no Cassandra connection"),
     };
-    Ok(Measure { what: format!("{what}, {label}"), rows: data.rows() as u64, bytes: data.file_bytes, seconds: elapsed.as_secs_f64() })
+    Ok(Measure {
+        what: format!("{what}, {label}"),
+        rows: data.rows() as u64,
+        bytes: data.file_bytes,
+        seconds: elapsed.as_secs_f64(),
+    })
 }

@@ -40,9 +40,13 @@ fn schema(spec: plugin_api::TableSpec) -> anyhow::Result<TableSchema> {
 /// client1 CSV → `readings` rows.
 pub fn client1_csv(path: &Path) -> anyhow::Result<DataSet> {
     let table = schema(client1_readings::readings_table())?;
-    let mut reader = csv::ReaderBuilder::new().flexible(true).from_path(path).context("opening the CSV")?;
+    let mut reader = csv::ReaderBuilder::new()
+        .flexible(true)
+        .from_path(path)
+        .context("opening the CSV")?;
     let header: Vec<String> = reader.headers()?.iter().map(str::to_string).collect();
-    let columns = client1_readings::CsvColumns::from_header(header.iter().map(String::as_str)).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let columns = client1_readings::CsvColumns::from_header(header.iter().map(String::as_str))
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     let mut values = Vec::new();
     for record in reader.records() {
         let record = record?;
@@ -50,13 +54,20 @@ pub fn client1_csv(path: &Path) -> anyhow::Result<DataSet> {
             values.extend(row.iter().map(mysimbdp::plugin_host::rows::host_value));
         }
     }
-    Ok(DataSet { file_bytes: std::fs::metadata(path)?.len(), table, values })
+    Ok(DataSet {
+        file_bytes: std::fs::metadata(path)?.len(),
+        table,
+        values,
+    })
 }
 
 /// client2 txt → `invocations` rows.
 pub fn client2_txt(path: &Path) -> anyhow::Result<DataSet> {
     let table = schema(client2_invocations::invocations_table())?;
-    let mut reader = csv::ReaderBuilder::new().flexible(true).from_path(path).context("opening the trace")?;
+    let mut reader = csv::ReaderBuilder::new()
+        .flexible(true)
+        .from_path(path)
+        .context("opening the trace")?;
     let mut values = Vec::new();
     for record in reader.records() {
         let record = record?;
@@ -65,5 +76,9 @@ pub fn client2_txt(path: &Path) -> anyhow::Result<DataSet> {
             values.extend(row.iter().map(mysimbdp::plugin_host::rows::host_value));
         }
     }
-    Ok(DataSet { file_bytes: std::fs::metadata(path)?.len(), table, values })
+    Ok(DataSet {
+        file_bytes: std::fs::metadata(path)?.len(),
+        table,
+        values,
+    })
 }

@@ -75,7 +75,9 @@ pub async fn serve(options: ServeOptions, shutdown: impl std::future::Future<Out
     };
     // The queue carries the near-realtime messages; opening it at start surfaces a broken
     // setting or an unreachable broker now rather than at the first message.
-    let queue = crate::queue::open(&config.queue, &data_dir).await.context("opening the queue ([queue] in the settings)")?;
+    let queue = crate::queue::open(&config.queue, &data_dir)
+        .await
+        .context("opening the queue ([queue] in the settings)")?;
     log::info!("queue: {}", queue.backend());
     let plugins = PluginHost::start(
         PluginHostConfig {

@@ -307,10 +307,21 @@ pub const WRITER_PRAGMAS: &str = "PRAGMA journal_mode = WAL;
 pub fn upsert_sql(table: &TableSchema) -> String {
     let names: Vec<String> = table.columns.iter().map(|c| quoted(&c.name)).collect();
     let placeholders: Vec<String> = (1..=names.len()).map(|i| format!("?{i}")).collect();
-    format!("INSERT OR REPLACE INTO {} ({}) VALUES ({})", quoted(&table.name), names.join(", "), placeholders.join(", "))
+    format!(
+        "INSERT OR REPLACE INTO {} ({}) VALUES ({})",
+        quoted(&table.name),
+        names.join(", "),
+        placeholders.join(", ")
+    )
 }
 
-fn record_usage(connection: &Connection, tenant: &TenantId, source: &str, rows: u64, bytes: u64) -> Result<(), StoreError> {
+fn record_usage(
+    connection: &Connection,
+    tenant: &TenantId,
+    source: &str,
+    rows: u64,
+    bytes: u64,
+) -> Result<(), StoreError> {
     let error = |e| sqlite_error(tenant, "recording usage", e);
     connection.execute_batch("PRAGMA synchronous = FULL").map_err(error)?;
     let written = connection.execute(
