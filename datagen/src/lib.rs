@@ -103,7 +103,7 @@ impl Spec {
 
     /// Whether the row at 0-based `index` is malformed.
     pub fn is_malformed(&self, index: u64) -> bool {
-        self.malformed_every.is_some_and(|k| (index + 1) % k == 0)
+        self.malformed_every.is_some_and(|k| (index + 1).is_multiple_of(k))
     }
 
     /// Malformed rows among the first `rows` rows.

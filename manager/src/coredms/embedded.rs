@@ -454,7 +454,7 @@ fn decode_page_token(token: &str, table: &TableSchema, key_indices: &[usize]) ->
             format!("page token {token:?} is not one this API returned"),
         )
     };
-    if token.len() % 2 != 0 {
+    if !token.len().is_multiple_of(2) {
         return Err(bad());
     }
     let bytes: Vec<u8> = (0..token.len())

@@ -39,7 +39,7 @@ pub fn convert_batch(batch: &RowBatch, tables: &[Arc<TableSchema>]) -> Result<Ho
         )
     })?;
     let width = table.columns.len();
-    if batch.width as usize != width || (width > 0 && batch.values.len() % width != 0) {
+    if batch.width as usize != width || (width > 0 && !batch.values.len().is_multiple_of(width)) {
         return Err(format!(
             "the plugin sent {} values in rows of {} for table {} of {width} columns",
             batch.values.len(),

@@ -119,7 +119,7 @@ pub(super) fn decode_page_token(tenant: &TenantId, table: &TableSchema, token: &
             ),
         )
     };
-    if token.len() % 2 != 0 || !token.is_ascii() {
+    if !token.len().is_multiple_of(2) || !token.is_ascii() {
         return Err(bad());
     }
     let bytes: Vec<u8> = (0..token.len())
