@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds mysimbdp and the example tenants' plugins (release), installs the plugins into
+# Builds mysimbdp, mysimbdp-datagen and the example tenants' plugins (release), installs the plugins into
 # plugins/, and runs the platform in this repository's folder on the embedded backend
 # (nothing else to install). Extra arguments go to `mysimbdp serve` (e.g. --listen 0.0.0.0:8080).
 set -euo pipefail
@@ -11,7 +11,7 @@ plugins=(
     clientstreamingestapp_client1
     clientstreamingestapp_client2
 )
-packages=(-p mysimbdp)
+packages=(-p mysimbdp -p datagen)
 for plugin in "${plugins[@]}"; do packages+=(-p "$plugin"); done
 cargo build --release "${packages[@]}"
 target="${CARGO_TARGET_DIR:-target}/release"
