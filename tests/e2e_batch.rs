@@ -240,6 +240,14 @@ fn each_violation_gets_its_status_and_message_and_leaves_nothing_in_staging() {
             413,
             &expected,
         );
+        // A client that writes its whole body before it reads (ureq, Python requests) still gets
+        // the refusal, not a reset connection, however far past the limit the body goes; and the
+        // connection stays usable.
+        let huge = Spec::bytes(Shape::Client1Csv, 24 << 20).to_vec();
+        for _ in 0..3 {
+            let response = platform.upload("client1", &small.token(), "huge.csv", &huge);
+            assert_eq!(response.0, 413, "{}", response.1);
+        }
         // Without Content-Length the upload stops where it crosses the limit.
         let response = platform.upload_reader("client1", &small.token(), "big.csv", &big[..]);
         assert_eq!(response.0, 413, "{}", response.1);
@@ -325,20 +333,20 @@ fn a_2_gb_file_ingests_with_the_platform_under_300_mb_of_rss() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(2 << 30);
     for backend in Backend::all() {
-        let mut client2 = TenantSpec::new("client2", &["txt"]);
-        client2.max_file_size = 3 << 30;
-        let platform = Platform::start(backend, &[client2.clone()], "");
-        let spec = Spec::bytes(Shape::Client2Txt, bytes).with_malformed_every(100_000);
+        let mut client1 = TenantSpec::new("client1", &["csv"]);
+        client1.max_file_size = 3 << 30;
+        let platform = Platform::start(backend, &[client1.clone()], "");
+        let spec = Spec::bytes(Shape::Client1Csv, bytes).with_malformed_every(100_000);
         let done = std::sync::atomic::AtomicBool::new(false);
         let started = Instant::now();
         let (peak_kib, report) = std::thread::scope(|scope| {
             let sampler = scope.spawn(|| sample_rss(platform.pid(), &done));
             let mut generator = Generator::new(spec);
-            let (status, body) = platform.upload_reader("client2", &client2.token(), "big.txt", &mut generator);
+            let (status, body) = platform.upload_reader("client1", &client1.token(), "big.csv", &mut generator);
             assert_eq!(status, 201, "{body}");
             let report = platform.wait_for_report(
-                "client2",
-                &client2.token(),
+                "client1",
+                &client1.token(),
                 body["file_id"].as_str().unwrap(),
                 Duration::from_secs(1500),
             );
@@ -361,7 +369,7 @@ fn a_2_gb_file_ingests_with_the_platform_under_300_mb_of_rss() {
         assert!(report["file_size"].as_u64().unwrap() >= bytes);
         assert!(peak_kib < 300 * 1024, "{backend:?}: peak RSS {} MiB", peak_kib / 1024);
         assert_eq!(
-            platform.count("client2", &client2.token(), "invocations"),
+            platform.count("client1", &client1.token(), "readings"),
             report["rows_ingested"].as_u64().unwrap()
         );
     }

@@ -164,7 +164,7 @@ fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
 }
 
 /// The query string as a map (later keys win), percent-decoded.
-fn query(request: &Request<Incoming>) -> HashMap<String, String> {
+fn query<B>(request: &Request<B>) -> HashMap<String, String> {
     request
         .uri()
         .query()

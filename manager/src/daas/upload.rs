@@ -3,7 +3,7 @@
 //! tell) and again while it streams in: reading stops at the size limit. The file is written to
 //! staging under a server-made name and acknowledged (201) only once it is on disk.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::StreamExt;
@@ -34,8 +34,11 @@ pub(super) async fn upload(
     request: Request<Incoming>,
     tenant: &str,
 ) -> Result<Response<Full<Bytes>>, ApiError> {
-    let result = accept(state, request, tenant).await;
+    let (parts, mut body) = request.into_parts();
+    let head = Request::from_parts(parts, ());
+    let result = accept(state, &head, &mut body, tenant).await;
     if let Err(error) = &result {
+        tokio::spawn(discard_rest(body));
         let reason = match (error.status, error.message.as_str()) {
             (StatusCode::FORBIDDEN, auth::CLIENT_NOT_FOUND) => "unknown_tenant",
             (StatusCode::UNAUTHORIZED, _) => "bad_token",
@@ -63,12 +66,37 @@ pub(super) async fn upload(
     result
 }
 
-async fn accept(state: &ApiState, request: Request<Incoming>, tenant: &str) -> Result<Response<Full<Bytes>>, ApiError> {
+/// How long a refused upload's remaining body is read and thrown away, in all and between
+/// chunks. A client that sends its whole body before reading the answer (most HTTP libraries)
+/// would otherwise see its connection reset instead of the 4xx: closing a socket with unread
+/// data sends a reset. (nginx's lingering close, for the same reason.) Nothing of it is stored.
+const DISCARD_FOR: Duration = Duration::from_secs(30);
+const DISCARD_IDLE: Duration = Duration::from_secs(5);
+
+/// Reads and drops what is left of a refused upload's body, within [`DISCARD_FOR`], so hyper
+/// can deliver the refusal and keep the connection.
+async fn discard_rest(mut body: Incoming) {
+    let deadline = tokio::time::Instant::now() + DISCARD_FOR;
+    loop {
+        let idle = tokio::time::Instant::now() + DISCARD_IDLE;
+        match tokio::time::timeout_at(deadline.min(idle), body.frame()).await {
+            Ok(Some(Ok(_))) => continue,
+            Ok(None | Some(Err(_))) | Err(_) => return,
+        }
+    }
+}
+
+async fn accept(
+    state: &ApiState,
+    request: &Request<()>,
+    body: &mut Incoming,
+    tenant: &str,
+) -> Result<Response<Full<Bytes>>, ApiError> {
     let started = Instant::now();
     let request_started_at = unix_now();
     let tenants = state.tenants.current();
     let (tenant_id, tenant) = auth::tenant(&tenants, request.headers(), tenant)?;
-    let params = query(&request);
+    let params = query(request);
     let boundary = request
         .headers()
         .get(header::CONTENT_TYPE)
@@ -82,14 +110,12 @@ async fn accept(state: &ApiState, request: Request<Incoming>, tenant: &str) -> R
         .headers()
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-    let body = request.into_body();
 
     let (name, receiving, file) = match boundary {
         None => {
             let name = params.get("name").cloned().unwrap_or_default();
             let file_type = file_type(&name, params.get("type"), &tenant)?;
             let mut receiving = Receiving::start(state, &tenant_id, &tenant, &file_type, declared_size).await?;
-            let mut body = body;
             while let Some(frame) = body.frame().await {
                 let frame = frame.map_err(|e| ApiError::bad_request(format!("the upload broke off: {e}")))?;
                 if let Ok(data) = frame.into_data() {
