@@ -1,6 +1,6 @@
 //! Cassandra baselines on the same node and rows: the `scylla` driver alone (prepared INSERTs in
-//! UNLOGGED batches of at most 50 rows of one partition, 64 requests in flight, consistency
-//! ONE: the best raw mode on one node, DESIGN.md), and `cqlsh COPY FROM` on the same file.
+//! UNLOGGED batches of at most 50 rows of one partition, as many requests in flight as the
+//! platform lets one tenant have, consistency ONE: the best raw mode on one node, DESIGN.md), and `cqlsh COPY FROM` on the same file.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -20,7 +20,6 @@ use scylla::statement::batch::{Batch, BatchStatement, BatchType};
 use crate::rows::DataSet;
 use crate::{Measure, ShapeArg};
 
-const IN_FLIGHT: usize = 64;
 const ROWS_PER_BATCH: usize = 50;
 
 /// A connection for the baselines, with keyspaces of its own.
@@ -28,11 +27,12 @@ pub struct Baseline {
     session: Session,
     dms: CassandraDms,
     prefix: String,
+    in_flight: usize,
 }
 
 impl Baseline {
-    /// Connects to `address`.
-    pub async fn connect(address: &str) -> anyhow::Result<Self> {
+    /// Connects to `address`; the inserts keep `in_flight` requests in flight.
+    pub async fn connect(address: &str, in_flight: usize) -> anyhow::Result<Self> {
         let session = SessionBuilder::new()
             .known_node(address)
             .build()
@@ -45,14 +45,20 @@ impl Baseline {
             keyspace_prefix: prefix.clone(),
             ..CassandraConfig::default()
         };
-        let dms = CassandraDms::connect(config, Arc::new(WriteLimiter::new(IN_FLIGHT, IN_FLIGHT))).await?;
-        Ok(Baseline { session, dms, prefix })
+        let dms = CassandraDms::connect(config, Arc::new(WriteLimiter::new(in_flight, in_flight))).await?;
+        Ok(Baseline {
+            session,
+            dms,
+            prefix,
+            in_flight,
+        })
     }
 
-    /// Inserts `data` with the driver alone into a keyspace of its own (its table created by
-    /// the backend, so the schema is the platform's); returns the time the inserts took.
-    pub async fn raw_inserts(&self, data: &DataSet, label: &str) -> anyhow::Result<Duration> {
-        let tenant = format!("raw_{label}");
+    /// Inserts `data` with the driver alone into a keyspace of its own, the same one all run
+    /// long as the platform has one per tenant (its table created by the backend, so the schema
+    /// is the platform's); returns the time the inserts took.
+    pub async fn raw_inserts(&self, data: &DataSet) -> anyhow::Result<Duration> {
+        let tenant = "raw";
         let storage = TenantStorage {
             tenant: tenant.parse().map_err(anyhow::Error::msg)?,
             replication_class: ReplicationClass::SimpleStrategy,
@@ -84,7 +90,7 @@ impl Baseline {
 
         let started = Instant::now();
         stream::iter(requests.into_iter().map(Ok::<_, anyhow::Error>))
-            .try_for_each_concurrent(IN_FLIGHT, |rows| {
+            .try_for_each_concurrent(self.in_flight, |rows| {
                 let insert = &insert;
                 async move {
                     let statements = vec![BatchStatement::PreparedStatement(insert.clone()); rows.len()];
@@ -155,6 +161,7 @@ impl Baseline {
             rows,
             bytes,
             seconds,
+            cpu: crate::cpu::CpuUse::default(),
         })
     }
 }

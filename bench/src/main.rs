@@ -1,7 +1,9 @@
 //! `mysimbdp-bench`: batch ingestion through the running platform beside the raw insert rate of
 //! the same backend on the same rows, measured in the same run (and, on Cassandra, beside
 //! `cqlsh COPY FROM` on the same file and node). Every figure is preceded by a warm-up of the
-//! same kind; rounds use fresh keys and alternate baseline and platform.
+//! same kind; rounds use fresh keys, and odd rounds run the platform before the baseline. Each
+//! pass also prints the CPU per row of the side that sent the rows and of the Cassandra server,
+//! which is what limits a 2-core machine.
 //!
 //! ```text
 //! cargo build --release --workspace
@@ -12,6 +14,7 @@
 //! ```
 
 mod cassandra;
+mod cpu;
 mod embedded;
 mod rows;
 
@@ -59,6 +62,15 @@ struct Args {
     /// A cqlsh executable (`scripts/services.sh cqlsh` prints one) to measure `COPY FROM`.
     #[arg(long)]
     cqlsh: Option<PathBuf>,
+    /// The Cassandra server's pid, to report its CPU per row (default: the pid file of
+    /// `scripts/services.sh`, when there is one).
+    #[arg(long)]
+    server_pid: Option<u32>,
+    /// Writes in flight: the platform's `max_writes_in_flight_per_tenant` (and its global cap,
+    /// if lower) in this run, and the Cassandra baseline's requests in flight. The platform's
+    /// default unless given.
+    #[arg(long)]
+    in_flight: Option<usize>,
 }
 
 /// One measured pass.
@@ -67,6 +79,7 @@ struct Measure {
     rows: u64,
     bytes: u64,
     seconds: f64,
+    cpu: cpu::CpuUse,
 }
 
 impl Measure {
@@ -79,12 +92,13 @@ impl Measure {
             format!("  {:.2}× baseline", self.rows_per_second() / b.rows_per_second())
         });
         println!(
-            "{:<58} {:>9} rows {:>7.2} s {:>9.0} rows/s {:>7.1} MB/s{ratio}",
+            "{:<58} {:>9} rows {:>7.2} s {:>9.0} rows/s {:>7.1} MB/s{ratio}{}",
             self.what,
             self.rows,
             self.seconds,
             self.rows_per_second(),
-            self.bytes as f64 / 1e6 / self.seconds
+            self.bytes as f64 / 1e6 / self.seconds,
+            self.cpu.per_row(self.rows)
         );
     }
 }
@@ -152,9 +166,22 @@ fn main() -> anyhow::Result<()> {
         args.rounds,
         backend_name(args.backend)
     );
-    let platform = Platform::start(backend, std::slice::from_ref(&tenant), "");
+    let defaults = mysimbdp::config::CoreDmsConfig::default();
+    let in_flight = args.in_flight.unwrap_or(defaults.max_writes_in_flight_per_tenant);
+    let platform_config = format!(
+        "max_writes_in_flight = {}\nmax_writes_in_flight_per_tenant = {in_flight}\n",
+        defaults.max_writes_in_flight.max(in_flight)
+    );
+    if args.backend == BackendArg::Cassandra {
+        println!("# writes in flight: {in_flight} (the platform, one tenant; the driver baseline)");
+    }
+    let platform = Platform::start(backend, std::slice::from_ref(&tenant), &platform_config);
+    let server_pid = match args.backend {
+        BackendArg::Cassandra => args.server_pid.or_else(services_cassandra_pid),
+        BackendArg::Embedded => None,
+    };
     let mut cassandra = match args.backend {
-        BackendArg::Cassandra => Some(runtime.block_on(cassandra::Baseline::connect(&args.cassandra))?),
+        BackendArg::Cassandra => Some(runtime.block_on(cassandra::Baseline::connect(&args.cassandra, in_flight))?),
         BackendArg::Embedded => None,
     };
 
@@ -170,7 +197,7 @@ fn main() -> anyhow::Result<()> {
         args.backend,
         &mut cassandra,
         work.path(),
-        "warm-up",
+        "warmup",
         &warm_rows,
     )?;
     drop(warm_rows);
@@ -185,43 +212,52 @@ fn main() -> anyhow::Result<()> {
             extension,
         )?;
         let data = materialize(args.shape, &path)?;
-        let baseline = baseline_pass(
-            &runtime,
-            args.backend,
-            &mut cassandra,
-            work.path(),
-            &format!("round{round}"),
-            &data,
-        )?;
-        baseline.print(None);
-        let started = Instant::now();
-        let (ingest, total, rows) = platform_pass(&platform, &tenant, &path)?;
-        let wall = started.elapsed().as_secs_f64();
-        let measure = Measure {
-            what: format!("platform: upload → stored (report ingest_time), round {round}"),
-            rows,
-            bytes: data.file_bytes,
-            seconds: ingest,
-        };
-        measure.print(Some(&baseline));
-        Measure {
-            what: format!("platform: request → stored (total_process_time), round {round}"),
-            rows,
-            bytes: data.file_bytes,
-            seconds: total,
+        // Odd rounds run the platform first, so neither side always meets the compactions and
+        // flushes the other's writes leave behind.
+        let platform_first = round % 2 == 1;
+        let mut platform_side = None;
+        if platform_first {
+            platform_side = Some(platform_round(&platform, &tenant, &path, server_pid, round, &data)?);
         }
-        .print(Some(&baseline));
+        let baseline = cpu::during(Some(std::process::id()), server_pid, || {
+            baseline_pass(
+                &runtime,
+                args.backend,
+                &mut cassandra,
+                work.path(),
+                &format!("round{round}"),
+                &data,
+            )
+        });
+        let baseline = Measure {
+            cpu: baseline.1,
+            ..baseline.0?
+        };
+        if !platform_first {
+            platform_side = Some(platform_round(&platform, &tenant, &path, server_pid, round, &data)?);
+        }
+        let PlatformRound { ingest, total, wall } = platform_side.expect("the platform ran this round");
+        baseline.print(None);
+        ingest.print(Some(&baseline));
+        total.print(Some(&baseline));
         println!(
-            "{:<58} {:>9} rows {wall:>7.2} s (client side, upload and polling included)",
+            "{:<58} {:>9} rows {wall:>7.2} s (client side, upload and polling included){}",
             format!("platform: wall clock, round {round}"),
-            rows
+            ingest.rows,
+            if platform_first {
+                "; ran before the baseline"
+            } else {
+                ""
+            }
         );
         if let (Some(cqlsh), Some(baseline_side)) = (&args.cqlsh, &cassandra) {
-            let copy = runtime.block_on(baseline_side.cqlsh_copy(cqlsh, &path, args.shape, round))?;
-            copy.print(Some(&baseline));
+            let (copy, cpu) = cpu::during(None, server_pid, || {
+                runtime.block_on(baseline_side.cqlsh_copy(cqlsh, &path, args.shape, round))
+            });
+            Measure { cpu, ..copy? }.print(Some(&baseline));
         }
         baselines.push(baseline);
-        platforms.push(measure);
+        platforms.push(ingest);
     }
     let sum =
         |ms: &[Measure]| ms.iter().map(|m| m.rows as f64).sum::<f64>() / ms.iter().map(|m| m.seconds).sum::<f64>();
@@ -233,6 +269,52 @@ fn main() -> anyhow::Result<()> {
         args.rows
     );
     Ok(())
+}
+
+/// The platform's side of a round: the report's two times and the client's wall clock.
+struct PlatformRound {
+    ingest: Measure,
+    total: Measure,
+    wall: f64,
+}
+
+fn platform_round(
+    platform: &Platform,
+    tenant: &TenantSpec,
+    path: &Path,
+    server_pid: Option<u32>,
+    round: u64,
+    data: &rows::DataSet,
+) -> anyhow::Result<PlatformRound> {
+    let platform_pid = platform.pid().parse().ok();
+    let started = Instant::now();
+    let (result, cpu) = cpu::during(platform_pid, server_pid, || platform_pass(platform, tenant, path));
+    let wall = started.elapsed().as_secs_f64();
+    let (ingest, total, rows) = result?;
+    let measure = |what: &str, seconds: f64| Measure {
+        what: format!("platform: {what}, round {round}"),
+        rows,
+        bytes: data.file_bytes,
+        seconds,
+        cpu,
+    };
+    Ok(PlatformRound {
+        ingest: measure("upload → stored (report ingest_time)", ingest),
+        total: measure("request → stored (total_process_time)", total),
+        wall,
+    })
+}
+
+/// The pid `scripts/services.sh` recorded for Cassandra, if it is there.
+fn services_cassandra_pid() -> Option<u32> {
+    let dir = std::env::var_os("MYSIMBDP_SERVICES_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../.services"));
+    std::fs::read_to_string(dir.join("cassandra/pid"))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
 }
 
 fn backend_name(backend: BackendArg) -> &'static str {
@@ -252,16 +334,16 @@ fn baseline_pass(
 ) -> anyhow::Result<Measure> {
     let (what, elapsed) = match (backend, cassandra) {
         (BackendArg::Embedded, _) => {
-            let dir = work.join(format!("raw-{label}"));
-            let elapsed = runtime.block_on(embedded::raw_inserts(&dir, data, 2000))?;
-            let _ = std::fs::remove_dir_all(&dir);
+            // One database for the whole run, as the platform has one per tenant: both sides
+            // write into a store that grows round after round.
+            let elapsed = runtime.block_on(embedded::raw_inserts(&work.join("raw"), data, 2000))?;
             (
                 "baseline: rusqlite, prepared INSERT, 2000 rows per transaction",
                 elapsed,
             )
         }
         (BackendArg::Cassandra, Some(baseline)) => {
-            let elapsed = runtime.block_on(baseline.raw_inserts(data, label))?;
+            let elapsed = runtime.block_on(baseline.raw_inserts(data))?;
             ("baseline: scylla driver, UNLOGGED batches of one partition", elapsed)
         }
         (BackendArg::Cassandra, None) => anyhow::bail!("no Cassandra connection"),
@@ -271,5 +353,6 @@ fn baseline_pass(
         rows: data.rows() as u64,
         bytes: data.file_bytes,
         seconds: elapsed.as_secs_f64(),
+        cpu: cpu::CpuUse::default(),
     })
 }

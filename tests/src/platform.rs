@@ -49,7 +49,7 @@ impl Backend {
                 let address = std::env::var("MYSIMBDP_TEST_CASSANDRA").expect("checked by Backend::all");
                 let prefix = format!("t{}_{}_", std::process::id(), RUN.fetch_add(1, Ordering::Relaxed));
                 format!(
-                    "[coredms]\nbackend = \"cassandra\"\n[coredms.cassandra]\ncontact_points = [\"{address}\"]\nconsistency = \"one\"\nkeyspace_prefix = \"{prefix}\"\n"
+                    "[coredms]\nbackend = \"cassandra\"\ncassandra.contact_points = [\"{address}\"]\ncassandra.consistency = \"one\"\ncassandra.keyspace_prefix = \"{prefix}\"\n"
                 )
             }
         }
@@ -122,7 +122,8 @@ pub struct Platform {
 
 impl Platform {
     /// Starts a platform in a new folder with `tenants`, the example plugins they use, and
-    /// `backend`.
+    /// `backend`. `extra_config` is appended to `mysimbdp.toml` right after its `[coredms]`
+    /// table: bare keys go into `[coredms]`, and a `[section]` header starts another table.
     pub fn start(backend: Backend, tenants: &[TenantSpec], extra_config: &str) -> Self {
         let temp = tempfile::Builder::new().prefix("mysimbdp-e2e-").tempdir().unwrap();
         let dir = temp.path().to_path_buf();
