@@ -408,3 +408,31 @@ fn kill_9_during_a_large_file_then_restart_completes_it_without_duplicate_rows()
         assert!(platform.staged_files().is_empty());
     }
 }
+
+#[test]
+fn a_line_that_is_not_utf8_is_rejected_alone_with_its_line_number() {
+    let client1 = TenantSpec::new("client1", &["csv"]);
+    let platform = Platform::start(Backend::Embedded, std::slice::from_ref(&client1), "");
+    let mut csv = Spec::rows(Shape::Client1Csv, 3).to_vec();
+    let good_line = csv.split(|&b| b == b'\n').nth(1).expect("a data line").to_vec();
+    // Line 5: a reading whose dev-id ends in a byte that is not UTF-8.
+    let mut bad_line = good_line.clone();
+    bad_line.extend_from_slice(b"\xff");
+    bad_line.push(b'\n');
+    csv.extend_from_slice(&bad_line);
+    let (status, body) = platform.upload("client1", &client1.token(), "mixed.csv", &csv);
+    assert_eq!(status, 201, "{body}");
+    let file_id = body["file_id"].as_str().unwrap();
+    let report = platform.wait_for_report("client1", &client1.token(), file_id, Duration::from_secs(60));
+    assert_eq!(report["status"], "done", "{report}");
+    assert_eq!(report["rows_total"], 4);
+    assert_eq!(report["rows_ingested"], 3);
+    assert_eq!(report["rows_failed"], 1);
+    let (status, page) = platform.get(
+        &format!("/v1/tenants/client1/files/{file_id}/rejected"),
+        &client1.token(),
+    );
+    assert_eq!(status, 200, "{page}");
+    assert_eq!(page["rows"][0]["line"], 5, "{page}");
+    assert_eq!(page["rows"][0]["reason"], "the line is not valid UTF-8", "{page}");
+}

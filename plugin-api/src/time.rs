@@ -31,10 +31,19 @@ pub fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
     era * 146_097 + doe - 719_468
 }
 
-/// `YYYY-MM-DD` of a timestamp.
+/// `YYYY-MM-DD` of a timestamp (years outside 0..=9999 as `format!` writes them).
 pub fn date_of_millis(ms: i64) -> String {
     let (y, m, d) = civil_from_days(ms.div_euclid(MS_PER_DAY));
-    format!("{y:04}-{m:02}-{d:02}")
+    if !(0..=9999).contains(&y) {
+        return format!("{y:04}-{m:02}-{d:02}");
+    }
+    // Called once per row by typical plugins: digits by hand, one allocation, no formatter.
+    let digit = |n: u32| char::from(b'0' + (n % 10) as u8);
+    let y = y as u32;
+    let mut out = String::with_capacity(10);
+    out.extend([digit(y / 1000), digit(y / 100), digit(y / 10), digit(y), '-']);
+    out.extend([digit(m / 10), digit(m), '-', digit(d / 10), digit(d)]);
+    out
 }
 
 /// Appends `YYYY-MM-DDTHH:MM:SS.ffffffZ` (microsecond precision, as the sensor data set
@@ -102,6 +111,11 @@ mod tests {
         }
         assert_eq!(civil_from_days(0), (1970, 1, 1));
         assert_eq!(date_of_millis(1_541_023_215_496), "2018-10-31");
+        assert_eq!(date_of_millis(0), "1970-01-01");
+        assert_eq!(date_of_millis(-1), "1969-12-31");
+        assert_eq!(date_of_millis(-62_135_596_800_001), "0000-12-31");
+        assert_eq!(date_of_millis(-62_167_219_200_001), "-001-12-31");
+        assert_eq!(date_of_millis(253_402_300_800_000), "10000-01-01");
     }
 
     #[test]

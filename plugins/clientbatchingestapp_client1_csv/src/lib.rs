@@ -30,9 +30,12 @@ impl BatchIngestApp for Client1Csv {
         let columns = CsvColumns::from_header(header.iter().map(String::as_str))?;
         while reader.read_byte_record(&mut record).map_err(csv_error)? {
             let line = record.position().map_or(0, |p| p.line());
-            let fields: Result<Vec<&str>, _> = record.iter().map(std::str::from_utf8).collect();
-            let outcome = match &fields {
-                Ok(fields) => columns.reading(|i| fields.get(i).copied()).and_then(|r| r.into_row()),
+            // One UTF-8 check for the whole record; a field is its range of that text (`get`
+            // refuses a range that is not on character boundaries).
+            let outcome = match std::str::from_utf8(record.as_slice()) {
+                Ok(text) => columns
+                    .reading(|i| record.range(i).and_then(|r| text.get(r)))
+                    .and_then(|r| r.into_row()),
                 Err(_) => Err("the line is not valid UTF-8".to_string()),
             };
             match outcome {
