@@ -10,23 +10,33 @@
 //!
 //! **1. The crate.** Its name is the file name the platform looks for, minus `lib` and `.so`:
 //! `clientbatchingestapp_<tenant>_<filetype>` (batch) or `clientstreamingestapp_<tenant>`
-//! (stream). `<tenant>` is the tenant's id in `customer_information.json`; `<filetype>` is
-//! lower-case letters and digits.
+//! (stream). `<tenant>` is the tenant's id in `customer_information.json` (a lower-case letter,
+//! then lower-case letters, digits or `_`, at most 32); `<filetype>` is lower-case letters and
+//! digits (no `_`, so the last `_` of a batch name separates the two).
 //!
 //! ```toml
 //! [package]
 //! name = "clientbatchingestapp_acme_csv"
-//! version = "1.0.0"
+//! version = "1.0.0"            # shown in reports as the plugin version
 //! edition = "2024"
 //!
 //! [lib]
 //! crate-type = ["cdylib"]
 //!
 //! [dependencies]
-//! plugin-api = { path = "../plugin-api" }   # the host's exact version
+//! # The `plugin-api` folder of the platform release you deploy to (a copy of that folder
+//! # alone is enough to build).
+//! plugin-api = { path = "../plugin-api" }
 //!
 //! # Never `panic = "abort"`: a panic must unwind to be caught and reported.
+//!
+//! # Only if this folder sits inside another cargo workspace that does not list it:
+//! # [workspace]
 //! ```
+//!
+//! The platform checks two things of a build, not the crate's version number: the ABI version
+//! [`API_VERSION`] compiled into it (it must equal the platform's), and `abi_stable`'s type
+//! layout of the plugin interface. `mysimbdp plugin check` says whether your build passes both.
 //!
 //! **2. The tables.** Declare every table the plugin writes: columns with a [`ColumnType`],
 //! nullability, a partition key and a clustering key. Partition key + clustering key identify
@@ -36,7 +46,10 @@
 //!
 //! **3. The code.** Implement [`BatchIngestApp`]: read the file from [`Input`] (a
 //! [`std::io::Read`]), push rows to [`Output`], and [`Output::reject`] records you cannot use,
-//! with their line number and reason. A rejected record fails only itself.
+//! with their line number and reason. A rejected record fails only itself. The file's report
+//! counts `rows_total` = rows pushed + records rejected: a header or blank line you skip counts
+//! in neither. Values are stored as given (a `Double` may be NaN or infinite: reject such
+//! values yourself if they are not data).
 //!
 //! **4. Export it** with [`export_plugin!`].
 //!
@@ -64,17 +77,26 @@
 //!
 //!     fn ingest(_file: &FileInfo, input: &mut Input, out: &mut Output) -> Result<(), PluginError> {
 //!         let table = out.table("temperatures")?;
-//!         // Lines look like `sensor-1,1700000000000,71.6` (Fahrenheit).
-//!         for (index, line) in BufReader::new(input).lines().enumerate() {
-//!             let line = line?;
+//!         // Lines look like `sensor-1,1700000000000,71.6` (Fahrenheit). Read bytes, not
+//!         // `lines()`: that would fail the whole file on one line that is not UTF-8.
+//!         for (index, bytes) in BufReader::new(input).split(b'\n').enumerate() {
+//!             let bytes = bytes?; // an I/O error: the file cannot be read on
 //!             let number = index as u64 + 1;
+//!             let Ok(line) = std::str::from_utf8(&bytes) else {
+//!                 out.reject(number, "the line is not valid UTF-8", &String::from_utf8_lossy(&bytes))?;
+//!                 continue;
+//!             };
+//!             let line = line.trim_end_matches('\r'); // CRLF files
+//!             if line.is_empty() {
+//!                 continue;
+//!             }
 //!             let fields: Vec<&str> = line.split(',').collect();
 //!             let [sensor, time, fahrenheit] = fields[..] else {
-//!                 out.reject(number, format!("expected 3 fields, found {}", fields.len()), &line)?;
+//!                 out.reject(number, format!("expected 3 fields, found {}", fields.len()), line)?;
 //!                 continue;
 //!             };
 //!             let (Ok(time), Ok(fahrenheit)) = (time.parse::<i64>(), fahrenheit.parse::<f64>()) else {
-//!                 out.reject(number, "time or temperature is not a number", &line)?;
+//!                 out.reject(number, "time or temperature is not a number", line)?;
 //!                 continue;
 //!             };
 //!             let celsius = (fahrenheit - 32.0) * 5.0 / 9.0;
@@ -165,7 +187,9 @@ pub trait BatchIngestApp {
 
     /// Reads the whole file from `input` and pushes its rows to `output`. Called once per
     /// file, on a thread the platform owns; buffered rows are flushed when it returns `Ok`.
-    /// An `Err` fails the file (rows already handed over stay stored).
+    /// An `Err` fails the file: rows and rejects still buffered are dropped, rows already
+    /// handed over (every `batch_rows` rows) stay stored, and a new upload of the file
+    /// rewrites the same keys.
     fn ingest(file: &FileInfo, input: &mut Input, output: &mut Output) -> Result<(), PluginError>;
 }
 

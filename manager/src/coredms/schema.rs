@@ -1,6 +1,6 @@
 //! Tables, values and rows as coredms stores them, whatever the backend.
 
-use std::fmt;
+use std::fmt::{self, Write as _};
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
@@ -198,7 +198,6 @@ impl Value {
         match self {
             Value::Null => serde_json::Value::Null,
             Value::Text(s) => s.clone().into(),
-            Value::BigInt(v) | Value::Timestamp(v) if false => (*v).into(),
             Value::BigInt(v) => (*v).into(),
             Value::Int(v) => (*v).into(),
             Value::Double(v) => serde_json::Number::from_f64(*v).map_or_else(|| v.to_string().into(), Into::into),
@@ -213,7 +212,7 @@ impl Value {
             Value::Blob(b) => {
                 let mut s = String::with_capacity(2 * b.len());
                 for byte in b {
-                    s.push_str(&format!("{byte:02x}"));
+                    let _ = write!(s, "{byte:02x}");
                 }
                 s.into()
             }
