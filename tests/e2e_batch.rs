@@ -388,7 +388,8 @@ fn kill_9_during_a_large_file_then_restart_completes_it_without_duplicate_rows()
         assert!(
             wait_until(Duration::from_secs(120), || {
                 let (_, status) = platform.get(&format!("/v1/tenants/client1/files/{file_id}"), &client1.token());
-                status["status"] == "ingesting" && platform.count("client1", &client1.token(), "readings") > 50_000
+                status["status"] == "ingesting"
+                    && platform.count_so_far("client1", &client1.token(), "readings") > 50_000
             }),
             "the file is part-way in: {}",
             platform.tail_log()

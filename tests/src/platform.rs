@@ -300,9 +300,22 @@ impl Platform {
 
     /// Rows in a tenant's table, by the API.
     pub fn count(&self, tenant: &str, token: &str, table: &str) -> u64 {
-        let (status, body) = self.get(&format!("/v1/tenants/{tenant}/tables/{table}/count"), token);
+        let (status, body) = self.count_response(tenant, token, table);
         assert_eq!(status, 200, "count of {tenant}.{table}: {body}");
         body["count"].as_u64().unwrap()
+    }
+
+    /// The same while a file may still be creating the table: 0 until it exists.
+    pub fn count_so_far(&self, tenant: &str, token: &str, table: &str) -> u64 {
+        match self.count_response(tenant, token, table) {
+            (200, body) => body["count"].as_u64().unwrap(),
+            (404, _) => 0,
+            (status, body) => panic!("count of {tenant}.{table}: {status} {body}"),
+        }
+    }
+
+    fn count_response(&self, tenant: &str, token: &str, table: &str) -> (u16, Value) {
+        self.get(&format!("/v1/tenants/{tenant}/tables/{table}/count"), token)
     }
 
     /// Files in the staging folder (not counting its sub-folders).
