@@ -210,6 +210,7 @@ conformance!(
     both_replication_classes_make_a_working_store,
     a_malformed_page_token_is_invalid,
     an_unknown_table_is_not_found,
+    a_table_being_created_is_either_not_found_or_readable,
 );
 
 // ---------------------------------------------------------------------------------------------
@@ -824,6 +825,35 @@ async fn an_unknown_table_is_not_found(backend: &Backend) {
         "write with another schema",
     );
     assert_eq!(store.count("kv").await.unwrap(), 0);
+}
+
+/// While a tenant's first writer creates a table, readers of it (the platform's read API, on
+/// the same store) get NotFound or an answer, never an error, and once found it stays found.
+async fn a_table_being_created_is_either_not_found_or_readable(backend: &Backend) {
+    let store = backend.tenant().await;
+    let table = key_value_table("kv");
+    let creator = {
+        let (store, table) = (Arc::clone(&store), Arc::clone(&table));
+        tokio::spawn(async move { store.ensure_table(&table).await })
+    };
+    let mut found = false;
+    loop {
+        let finished = creator.is_finished();
+        match store.count("kv").await {
+            Ok(count) => {
+                assert_eq!(count, 0);
+                found = true;
+            }
+            Err(e) if e.kind == StoreErrorKind::NotFound => {
+                assert!(!finished && !found, "not found after it was found or created: {e}");
+            }
+            Err(e) => panic!("a reader while the table is created got: {e}"),
+        }
+        if finished {
+            break;
+        }
+    }
+    creator.await.unwrap().unwrap();
 }
 
 /// Not a conformance case (it needs no node): a node that is not there is an Unavailable error

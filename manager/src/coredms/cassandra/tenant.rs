@@ -94,6 +94,8 @@ impl CassandraTenant {
         }
         let tables = self.declared_tables().await?;
         let schema = find_table(&tables, &self.tenant, name)?;
+        // Declared is not yet created: its creator claims the name first (schema.rs).
+        self.finish_creation(schema).await?;
         self.prepare_table(schema).await
     }
 

@@ -2,6 +2,9 @@
 //! `mysimbdp_tables` (`INSERT ... IF NOT EXISTS`), so that of two creators with different schemas
 //! exactly one wins and the other gets a Schema error; only then is the CQL table created
 //! (`IF NOT EXISTS`, so a creator that died between the two steps is finished by the next).
+//! A reader that finds a declaration it has not seen before finishes the creation too
+//! ([`CassandraTenant::finish_creation`]): the creator may still be between its two steps, in
+//! which case the reader waits for it on the schema lock, or may have died there.
 
 use std::sync::Arc;
 
@@ -21,8 +24,7 @@ impl CassandraTenant {
         let _schema = self.shared.schema_lock.lock().await;
         let declared = self.claim(table, &context).await?;
         same_schema(&self.tenant, &declared, table)?;
-        let statement = create_table(&self.keyspace, table);
-        retry::schema_change(&self.shared, &context, &statement).await?;
+        retry::schema_change(&self.shared, &context, &create_table(&self.keyspace, table)).await?;
         log::info!(
             "cassandra: tenant={} table={} ensured ms={}",
             self.tenant,
@@ -30,6 +32,15 @@ impl CassandraTenant {
             started.elapsed().as_millis()
         );
         Ok(())
+    }
+
+    /// Makes sure the CQL table of a declaration read from `mysimbdp_tables` exists (`CREATE
+    /// TABLE IF NOT EXISTS`, a no-op when it does). Under the schema lock, so a creator in this
+    /// process that has claimed the name but not yet created the table finishes first.
+    pub(super) async fn finish_creation(&self, declared: &TableSchema) -> Result<(), StoreError> {
+        let context = Context::new(&self.tenant, "finishing the creation of a table").on(&declared.name);
+        let _schema = self.shared.schema_lock.lock().await;
+        retry::schema_change(&self.shared, &context, &create_table(&self.keyspace, declared)).await
     }
 
     /// Inserts the declaration unless the name is taken; returns the declaration in force.
