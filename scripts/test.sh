@@ -2,7 +2,8 @@
 # Runs every test of mysimbdp against real services on loopback: builds the workspace, starts a
 # fresh Apache Cassandra 5.0 and Apache Kafka 4.4 (scripts/services.sh, from Maven Central),
 # runs all tests with MYSIMBDP_TEST_CASSANDRA / MYSIMBDP_TEST_KAFKA pointing at them (a missing
-# service fails the run, never skips a test), and stops the services, whatever happened.
+# service fails the run, never skips a test; every test binary runs even after a failure, so
+# one run shows every failure), and stops the services, whatever happened.
 #
 #   scripts/test.sh              everything (release build)
 #   scripts/test.sh -p datagen   extra arguments go to `cargo test`
@@ -25,5 +26,5 @@ export MYSIMBDP_REQUIRE_SERVICES=1
 say "services ready: cassandra $MYSIMBDP_TEST_CASSANDRA, kafka $MYSIMBDP_TEST_KAFKA"
 
 say "running the tests"
-cargo test --workspace --profile "$profile" "$@" -- --test-threads="${MYSIMBDP_TEST_THREADS:-1}"
+cargo test --workspace --no-fail-fast --profile "$profile" "$@" -- --test-threads="${MYSIMBDP_TEST_THREADS:-1}"
 say "all tests passed"
