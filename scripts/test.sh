@@ -6,7 +6,8 @@
 # one run shows every failure), and stops the services, whatever happened.
 #
 #   scripts/test.sh              everything (release build)
-#   scripts/test.sh -p datagen   extra arguments go to `cargo test`
+#   scripts/test.sh -p datagen   extra arguments go to `cargo test` (without any, the root's
+#                                virtual manifest selects every workspace member)
 #
 # Environment: MYSIMBDP_TEST_PROFILE (release), CARGO_TARGET_DIR, MYSIMBDP_SERVICES_DIR.
 set -euo pipefail
@@ -26,5 +27,5 @@ export MYSIMBDP_REQUIRE_SERVICES=1
 say "services ready: cassandra $MYSIMBDP_TEST_CASSANDRA, kafka $MYSIMBDP_TEST_KAFKA"
 
 say "running the tests"
-cargo test --workspace --no-fail-fast --profile "$profile" "$@" -- --test-threads="${MYSIMBDP_TEST_THREADS:-1}"
+cargo test --no-fail-fast --profile "$profile" "$@" -- --test-threads="${MYSIMBDP_TEST_THREADS:-1}"
 say "all tests passed"
