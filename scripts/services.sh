@@ -531,6 +531,13 @@ wait_ready() {
   deadline=$((t0 + TIMEOUT * 1000))
   while :; do
     if ! is_our_pid "$svc" "$pid"; then
+      # Just launched, the child may not have exec'd java yet: its command line is still the
+      # shell's. (Seen on a loaded machine: 'exited during start after 0.0 s' while the JVM
+      # went on to start, unrecorded.)
+      if alive "$pid" && (($(now_ms) - t0 < 10000)); then
+        sleep 0.1
+        continue
+      fi
       say "$svc: FAILED: process $pid exited during start after $(elapsed "$t0") s"
       show_logs "$svc"
       rm -f "$(pid_file "$svc")"
