@@ -1,7 +1,9 @@
 //! `POST /v1/tenants/{t}/files`: a raw body (`?name=F`) or `multipart/form-data` with one file
 //! part. The tenant's constraints are checked before the body is read (as far as the headers
-//! tell) and again while it streams in: reading stops at the size limit. The file is written to
-//! staging under a server-made name and acknowledged (201) only once it is on disk.
+//! tell) and again while it streams in: storing stops at the size limit, and the refusal is
+//! answered at once (the rest of the body is read and dropped, see [`discard_rest`]). The file
+//! is written to staging under a server-made name and acknowledged (201) only once it is on
+//! disk.
 
 use std::time::{Duration, Instant};
 
