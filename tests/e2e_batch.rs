@@ -415,9 +415,8 @@ fn a_line_that_is_not_utf8_is_rejected_alone_with_its_line_number() {
     let client1 = TenantSpec::new("client1", &["csv"]);
     let platform = Platform::start(Backend::Embedded, std::slice::from_ref(&client1), "");
     let mut csv = Spec::rows(Shape::Client1Csv, 3).to_vec();
-    let good_line = csv.split(|&b| b == b'\n').nth(1).expect("a data line").to_vec();
-    // Line 5: a reading whose dev-id ends in a byte that is not UTF-8.
-    let mut bad_line = good_line.clone();
+    // Line 5: a copy of the first reading whose dev-id ends in a byte that is not UTF-8.
+    let mut bad_line = csv.split(|&b| b == b'\n').nth(1).expect("a data line").to_vec();
     bad_line.extend_from_slice(b"\xff");
     bad_line.push(b'\n');
     csv.extend_from_slice(&bad_line);

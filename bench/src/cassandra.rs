@@ -1,6 +1,7 @@
 //! Cassandra baselines on the same node and rows: the `scylla` driver alone (prepared INSERTs in
 //! UNLOGGED batches of at most 50 rows of one partition, as many requests in flight as the
-//! platform lets one tenant have, consistency ONE: the best raw mode on one node, DESIGN.md), and `cqlsh COPY FROM` on the same file.
+//! platform lets one tenant have, consistency ONE: the best raw mode on one node, DESIGN.md),
+//! and `cqlsh COPY FROM` on the same file.
 
 use std::collections::HashMap;
 use std::path::Path;

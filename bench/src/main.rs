@@ -219,7 +219,7 @@ fn main() -> anyhow::Result<()> {
         if platform_first {
             platform_side = Some(platform_round(&platform, &tenant, &path, server_pid, round, &data)?);
         }
-        let baseline = cpu::during(Some(std::process::id()), server_pid, || {
+        let (baseline, cpu) = cpu::during(Some(std::process::id()), server_pid, || {
             baseline_pass(
                 &runtime,
                 args.backend,
@@ -229,10 +229,7 @@ fn main() -> anyhow::Result<()> {
                 &data,
             )
         });
-        let baseline = Measure {
-            cpu: baseline.1,
-            ..baseline.0?
-        };
+        let baseline = Measure { cpu, ..baseline? };
         if !platform_first {
             platform_side = Some(platform_round(&platform, &tenant, &path, server_pid, round, &data)?);
         }
