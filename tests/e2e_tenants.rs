@@ -227,3 +227,102 @@ fn plugin_check_prints_the_manifest_and_a_verdict() {
     assert_eq!(code, 1);
     assert!(text.contains("built against plugin-api version 2"), "{text}");
 }
+
+/// Read system calls the process has made so far (`/proc/<pid>/io`).
+fn read_syscalls(pid: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/io"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("syscr:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn a_touched_configuration_is_not_read_again_and_again_and_sigterm_still_stops_the_platform() {
+    let mut platform = Platform::start(Backend::Embedded, &[client1()], "");
+    let config = platform.dir.join("customer_information.json");
+    let text = std::fs::read(&config).unwrap();
+    std::fs::write(&config, &text).unwrap(); // a rewrite with the same content: no reload
+    std::thread::sleep(Duration::from_millis(500));
+    let before = read_syscalls(&platform.pid());
+    std::thread::sleep(Duration::from_secs(2));
+    let reads = read_syscalls(&platform.pid()) - before;
+    assert!(
+        reads < 20,
+        "an idle platform made {reads} read calls in 2 s after the configuration was touched"
+    );
+    assert!(
+        !platform.log().contains("tenants reloaded"),
+        "the same content is no reload"
+    );
+
+    // A second platform on the same folder says why it cannot start, and exits.
+    let second = std::process::Command::new(target_dir().join("mysimbdp"))
+        .args(["serve", "--root"])
+        .arg(&platform.dir)
+        .args(["--listen", "127.0.0.1:0"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    let output = second.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "the second platform took {:?} to give up",
+        started.elapsed()
+    );
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("held by another process"), "{stderr}");
+
+    let took = platform.stop_within(Duration::from_secs(10));
+    eprintln!("stopped {took:?} after SIGTERM");
+}
+
+#[test]
+fn sigterm_stops_the_platform_within_10_s_after_a_plugin_swap_and_during_an_ingestion() {
+    let lab = TenantSpec::new("lab", &["csv"]);
+    let mut platform = Platform::start(Backend::Embedded, std::slice::from_ref(&lab), "");
+    platform.install_plugin("lab_plugin_v1", "libclientbatchingestapp_lab_csv.so");
+    assert!(wait_until(Duration::from_secs(10), || platform
+        .log()
+        .contains("plugin loaded: plugin=clientbatchingestapp_lab_csv")));
+    platform.install_plugin("lab_plugin_v2", "libclientbatchingestapp_lab_csv.so");
+    assert!(wait_until(Duration::from_secs(10), || platform
+        .log()
+        .contains("plugin reloaded: plugin=clientbatchingestapp_lab_csv")));
+    platform.stop_within(Duration::from_secs(10));
+
+    // A file whose plugin call is stuck (it waits for a file that never comes) does not hold
+    // the platform up; it stays staged and is done after the restart.
+    platform.start_again();
+    let release = platform.dir.join("release");
+    let (status, body) = platform.upload(
+        "lab",
+        &lab.token(),
+        "stuck.csv",
+        format!("a,1\nWAIT {}\nb,2\n", release.display()).as_bytes(),
+    );
+    assert_eq!(status, 201, "{body}");
+    let file_id = body["file_id"].as_str().unwrap().to_string();
+    assert!(wait_until(Duration::from_secs(20), || {
+        platform
+            .get(&format!("/v1/tenants/lab/files/{file_id}"), &lab.token())
+            .1["status"]
+            == "ingesting"
+    }));
+    platform.stop_within(Duration::from_secs(10));
+    assert_eq!(
+        platform.staged_files().len(),
+        1,
+        "the acknowledged file is still staged"
+    );
+
+    std::fs::write(&release, "").unwrap();
+    platform.start_again();
+    let report = platform.wait_for_report("lab", &lab.token(), &file_id, Duration::from_secs(60));
+    assert_eq!(report["status"], "done", "{report}");
+    assert_eq!(report["rows_ingested"], 2);
+}

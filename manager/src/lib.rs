@@ -5,6 +5,7 @@ pub mod batch;
 pub mod config;
 pub mod coredms;
 pub mod daas;
+pub mod fswatch;
 pub mod platform;
 pub mod plugin_host;
 pub mod queue;

@@ -101,11 +101,15 @@ fn main() -> ExitCode {
 }
 
 fn run_async(future: impl std::future::Future<Output = anyhow::Result<()>>) -> anyhow::Result<()> {
-    tokio::runtime::Builder::new_multi_thread()
+    let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
-        .context("starting the runtime")?
-        .block_on(future)
+        .context("starting the runtime")?;
+    let result = runtime.block_on(future);
+    // Dropping a runtime waits for every blocking task; one stuck in a driver or a file system
+    // call must not keep a stopping platform alive.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    result
 }
 
 async fn run_serve(args: ServeArgs) -> anyhow::Result<()> {

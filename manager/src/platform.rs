@@ -141,15 +141,22 @@ pub async fn serve(options: ServeOptions, shutdown: impl std::future::Future<Out
     println!("mysimbdp listening on http://{address}");
 
     shutdown.await;
+    let stopping = std::time::Instant::now();
     log::info!("shutting down");
     cancel.cancel();
-    let _ = server.await;
-    batch.join().await;
-    tokio::task::spawn_blocking(move || plugins.shutdown()).await?;
+    // The API and the batch manager stop side by side, each within its own bound (requests in
+    // progress, files in flight); then the plugins are unloaded. What did not finish is redone
+    // at the next start: nothing acknowledged depends on a clean stop.
+    let (_, ()) = tokio::join!(server, batch.join());
+    tokio::task::spawn_blocking(move || plugins.shutdown(PLUGIN_UNLOAD_GRACE)).await?;
     drop(tenants_watcher);
-    log::info!("stopped");
+    log::info!("stopped ms={}", stopping.elapsed().as_millis());
     Ok(())
 }
+
+/// How long the shutdown waits for plugin calls still running before it leaves their libraries
+/// mapped (the process is about to exit).
+const PLUGIN_UNLOAD_GRACE: Duration = Duration::from_secs(2);
 
 fn warn_about_demo_tokens(tenants: &crate::tenants::Tenants) {
     for (id, tenant) in tenants.iter() {

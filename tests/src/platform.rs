@@ -210,20 +210,41 @@ impl Platform {
 
     /// SIGTERM, and wait for a clean exit.
     pub fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            // SAFETY: sending a signal to our own child process.
-            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-            let deadline = Instant::now() + Duration::from_secs(60);
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = child.try_wait() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(50));
+        self.stop_within(Duration::from_secs(60));
+    }
+
+    /// SIGTERM; panics unless the process exits with status 0 within `limit`. Returns how long
+    /// it took.
+    pub fn stop_within(&mut self, limit: Duration) -> Duration {
+        let Some(mut child) = self.child.take() else {
+            return Duration::ZERO;
+        };
+        let started = Instant::now();
+        // SAFETY: sending a signal to our own child process.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        while started.elapsed() < limit {
+            if let Ok(Some(status)) = child.try_wait() {
+                assert!(
+                    status.success(),
+                    "the platform exited with {status}; log:\n{}",
+                    self.tail_log()
+                );
+                return started.elapsed();
             }
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("the platform did not stop within 60 s of SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
         }
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!(
+            "the platform did not stop within {limit:?} of SIGTERM; log:\n{}",
+            self.tail_log()
+        );
+    }
+
+    /// Starts it again in the same folder after it stopped (or was killed).
+    pub fn start_again(&mut self) {
+        assert!(self.child.is_none(), "still running");
+        self.launch();
     }
 
     /// Starts it again in the same folder.

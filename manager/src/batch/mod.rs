@@ -14,7 +14,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::FutureExt;
-use notify::{RecursiveMode, Watcher};
 use serde::Deserialize;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
@@ -23,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 pub use tracker::{FileState, FileTracker, UploadReservation};
 
 use crate::coredms::CoreDms;
+use crate::fswatch::{FolderWatch, watch_folder};
 use crate::plugin_host::PluginHost;
 use crate::report::ReportStore;
 use crate::staging::{FileId, StagedFile, Staging};
@@ -30,6 +30,10 @@ use crate::telemetry::Metrics;
 use crate::tenants::watch::TenantsHandle;
 use ingest::Outcome;
 use scheduler::FairQueue;
+
+/// How long files in flight get to stop at a batch boundary when the platform shuts down;
+/// a file still running after that is cut off and redone at the next start.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 /// Settings of the batch manager.
 #[derive(Debug, Clone, Deserialize)]
@@ -96,7 +100,7 @@ pub struct BatchContext {
 pub struct BatchManager {
     submit: mpsc::Sender<StagedFile>,
     task: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
-    _watcher: notify::RecommendedWatcher,
+    _watcher: FolderWatch,
 }
 
 impl BatchManager {
@@ -106,17 +110,12 @@ impl BatchManager {
         std::fs::create_dir_all(&ctx.rejected_tmp_dir)?;
         let (submit, submitted) = mpsc::channel(1024);
         let (events_tx, events) = mpsc::channel::<PathBuf>(4096);
-        let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-            if let Ok(event) = event {
-                for path in event.paths {
-                    let _ = events_tx.try_send(path);
-                }
+        let watcher = watch_folder(ctx.staging.dir(), move |paths| {
+            for path in paths.unwrap_or_default() {
+                let _ = events_tx.try_send(path.clone());
             }
         })
         .map_err(std::io::Error::other)?;
-        watcher
-            .watch(ctx.staging.dir(), RecursiveMode::NonRecursive)
-            .map_err(std::io::Error::other)?;
         let task = tokio::spawn(run(ctx, submitted, events, submit.clone()));
         Ok(BatchManager {
             submit,
@@ -182,7 +181,7 @@ async fn run(
     }
     // Let files in flight stop (their plugins see the cancellation at their next batch); what
     // did not finish is redone at the next start.
-    let grace = tokio::time::timeout(Duration::from_secs(30), async {
+    let grace = tokio::time::timeout(SHUTDOWN_GRACE, async {
         while manager.running.join_next().await.is_some() {}
     });
     if grace.await.is_err() {

@@ -66,6 +66,9 @@ impl ApiState {
     }
 }
 
+/// How long requests in progress may go on after a shutdown begins.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
 /// Serves the API on `listener` until `cancel`, then lets requests in progress finish.
 pub async fn serve(listener: TcpListener, state: Arc<ApiState>, cancel: CancellationToken) {
     let graceful = GracefulShutdown::new();
@@ -94,11 +97,11 @@ pub async fn serve(listener: TcpListener, state: Arc<ApiState>, cancel: Cancella
             }
         });
     }
-    if tokio::time::timeout(Duration::from_secs(10), graceful.shutdown())
-        .await
-        .is_err()
-    {
-        log::warn!("daas: requests still running after 10 s at shutdown were cut off");
+    if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown()).await.is_err() {
+        log::warn!(
+            "daas: requests still running {} s into the shutdown were cut off (an upload cut off was never acknowledged)",
+            SHUTDOWN_GRACE.as_secs()
+        );
     }
 }
 

@@ -26,7 +26,6 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime};
 
-use notify::{RecursiveMode, Watcher};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
@@ -35,6 +34,7 @@ pub use naming::{PluginId, PluginKind};
 pub use version::{CallRefused, PluginManifest, PluginVersion, VersionState};
 
 use crate::coredms::{Column, ColumnType, TableSchema};
+use crate::fswatch::{FolderWatch, watch_folder};
 use crate::tenants::watch::TenantsHandle;
 use crate::tenants::{FileType, TenantId, Tenants};
 
@@ -135,7 +135,8 @@ pub struct LoadedStatus {
 
 enum Command {
     Reconcile(Option<SyncSender<()>>),
-    Shutdown,
+    /// Unload everything, waiting this long for calls in flight.
+    Shutdown(Duration),
 }
 
 struct Shared {
@@ -154,7 +155,7 @@ pub struct PluginHost {
     shared: Arc<Shared>,
     commands: SyncSender<Command>,
     thread: Mutex<Option<JoinHandle<()>>>,
-    _watcher: Option<notify::RecommendedWatcher>,
+    _watcher: Option<FolderWatch>,
 }
 
 impl PluginHost {
@@ -168,14 +169,11 @@ impl PluginHost {
         let (commands, receiver) = mpsc::sync_channel::<Command>(16);
         let watcher = if config.watch {
             let trigger = commands.clone();
-            let mut watcher = notify::recommended_watcher(move |_: notify::Result<notify::Event>| {
+            let watch = watch_folder(&config.plugins_dir, move |_| {
                 let _ = trigger.try_send(Command::Reconcile(None));
             })
             .map_err(std::io::Error::other)?;
-            watcher
-                .watch(&config.plugins_dir, RecursiveMode::NonRecursive)
-                .map_err(std::io::Error::other)?;
-            Some(watcher)
+            Some(watch)
         } else {
             None
         };
@@ -290,9 +288,10 @@ impl PluginHost {
         self.shared.unloaded.load(Ordering::Relaxed)
     }
 
-    /// Retires every version, waits for their calls and unloads them.
-    pub fn shutdown(&self) {
-        let _ = self.commands.send(Command::Shutdown);
+    /// Retires every version, waits up to `grace` for their calls and unloads them (a version
+    /// still busy after that stays mapped: the process is exiting).
+    pub fn shutdown(&self, grace: Duration) {
+        let _ = self.commands.send(Command::Shutdown(grace));
         if let Some(thread) = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take() {
             let _ = thread.join();
         }
@@ -301,7 +300,7 @@ impl PluginHost {
 
 impl Drop for PluginHost {
     fn drop(&mut self) {
-        self.shutdown();
+        self.shutdown(Duration::from_secs(60));
     }
 }
 
@@ -319,11 +318,11 @@ fn host_loop(shared: &Shared, commands: &mpsc::Receiver<Command>) {
                     // A file event: let the burst settle (a copy in progress) before looking.
                     std::thread::sleep(shared.config.debounce);
                 }
-                let mut shutdown = false;
+                let mut shutdown = None;
                 while let Ok(command) = commands.try_recv() {
                     match command {
                         Command::Reconcile(ack) => acks.extend(ack),
-                        Command::Shutdown => shutdown = true,
+                        Command::Shutdown(grace) => shutdown = Some(grace),
                     }
                 }
                 reconcile(shared);
@@ -331,17 +330,19 @@ fn host_loop(shared: &Shared, commands: &mpsc::Receiver<Command>) {
                 for ack in acks {
                     let _ = ack.send(());
                 }
-                if shutdown {
-                    return shut_down(shared);
+                if let Some(grace) = shutdown {
+                    return shut_down(shared, grace);
                 }
             }
-            Ok(Command::Shutdown) | Err(RecvTimeoutError::Disconnected) => return shut_down(shared),
+            Ok(Command::Shutdown(grace)) => return shut_down(shared, grace),
+            Err(RecvTimeoutError::Disconnected) => return shut_down(shared, Duration::from_secs(60)),
             Err(RecvTimeoutError::Timeout) => reap(shared),
         }
     }
 }
 
-fn shut_down(shared: &Shared) {
+fn shut_down(shared: &Shared, grace: Duration) {
+    let deadline = std::time::Instant::now() + grace;
     let mut slots = shared.slots.write().unwrap_or_else(|e| e.into_inner());
     let mut retiring = shared.retiring.lock().unwrap_or_else(|e| e.into_inner());
     for (_, slot) in std::mem::take(&mut *slots) {
@@ -351,7 +352,7 @@ fn shut_down(shared: &Shared) {
         }
     }
     for version in retiring.drain(..) {
-        if version.unload_within(Duration::from_secs(60)) {
+        if version.unload_within(deadline.saturating_duration_since(std::time::Instant::now())) {
             log::info!(
                 "plugin unloaded: plugin={} generation={} reason=shutdown",
                 version.id,

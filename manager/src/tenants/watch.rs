@@ -1,18 +1,21 @@
 //! Watches `customer_information.json` and swaps each valid edit in atomically.
 //!
-//! The folder is watched (editors replace files by renaming), events are coalesced, and the
-//! file is parsed again: a valid, different configuration replaces the current one and the
-//! subscribers are told; an invalid one is logged with its line and reason and changes
-//! nothing.
+//! The folder is watched (editors replace files by renaming), a burst of events is coalesced,
+//! and the file is read again; only a change of its bytes is parsed: a valid, different
+//! configuration replaces the current one and the subscribers are told; an invalid one is
+//! logged with its line and reason and changes nothing. Reading the file is not a change
+//! ([`crate::fswatch`]), so the watcher never reacts to its own reads, and a stop is seen
+//! within one wait however busy the folder is.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use notify::{RecursiveMode, Watcher};
 use tokio::sync::watch;
+
+use crate::fswatch::{FolderWatch, watch_folder};
 
 use super::{Tenants, TenantsError};
 
@@ -50,18 +53,32 @@ impl TenantsHandle {
     }
 }
 
+/// What the watcher thread is told.
+enum Signal {
+    /// Something in the folder may have changed.
+    Changed,
+    /// Stop.
+    Stop,
+}
+
+/// How long the folder must be quiet before the file is read (an editor's write + rename +
+/// chmod is one change), and the longest a stream of events can put the read off.
+const QUIET: Duration = Duration::from_millis(100);
+const MAX_COALESCE: Duration = Duration::from_secs(1);
+
 /// The running watcher. Dropping it stops watching.
 pub struct TenantsWatcher {
     handle: TenantsHandle,
-    _watcher: notify::RecommendedWatcher,
-    stop: Option<mpsc::SyncSender<()>>,
+    watch: Option<FolderWatch>,
+    signals: mpsc::SyncSender<Signal>,
     thread: Option<JoinHandle<()>>,
 }
 
 impl TenantsWatcher {
     /// Loads `path` (which must be valid now) and starts watching it.
-    pub fn start(path: &Path) -> Result<Self, anyhow::Error> {
-        let tenants = Tenants::load(path)?;
+    pub fn start(path: &Path) -> Result<Self, TenantsError> {
+        let content = read(path)?;
+        let tenants = Tenants::parse(&String::from_utf8_lossy(&content), &path.display().to_string())?;
         log::info!("tenants loaded from {}: {}", path.display(), names(&tenants));
         let (sender, current) = watch::channel(Arc::new(tenants));
         let handle = TenantsHandle {
@@ -69,36 +86,47 @@ impl TenantsWatcher {
             subscribers: Arc::default(),
         };
 
-        let (events_tx, events_rx) = mpsc::sync_channel::<()>(1);
+        let (signals, received) = mpsc::sync_channel::<Signal>(16);
         let file_name = path.file_name().map(|n| n.to_os_string());
-        let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-            let relevant = match &event {
-                Ok(event) => event
-                    .paths
-                    .iter()
-                    .any(|p| p.file_name().map(|n| n.to_os_string()) == file_name),
-                Err(_) => true,
-            };
-            if relevant {
-                let _ = events_tx.try_send(());
-            }
-        })?;
+        let events = signals.clone();
         let folder = path
             .parent()
             .filter(|p| !p.as_os_str().is_empty())
             .unwrap_or(Path::new("."));
-        watcher.watch(folder, RecursiveMode::NonRecursive)?;
+        let watch = watch_folder(folder, move |paths| {
+            // A watcher error may hide a change: look again.
+            let relevant = paths.is_none_or(|paths| {
+                paths
+                    .iter()
+                    .any(|p| p.file_name().map(|n| n.to_os_string()) == file_name)
+            });
+            if relevant {
+                // One pending signal is as good as many.
+                let _ = events.try_send(Signal::Changed);
+            }
+        })
+        .map_err(|e| TenantsError::Read {
+            path: folder.display().to_string(),
+            source: std::io::Error::other(format!("cannot watch the folder: {e}")),
+        })?;
 
-        let (stop_tx, stop_rx) = mpsc::sync_channel::<()>(1);
-        let path = path.to_path_buf();
-        let thread_handle = handle.clone();
+        let mut state = WatchState {
+            path: path.to_path_buf(),
+            sender,
+            handle: handle.clone(),
+            content,
+        };
         let thread = std::thread::Builder::new()
             .name("tenants-watch".into())
-            .spawn(move || watch_loop(&path, &sender, &thread_handle, &events_rx, &stop_rx))?;
+            .spawn(move || state.run(&received))
+            .map_err(|source| TenantsError::Read {
+                path: path.display().to_string(),
+                source,
+            })?;
         Ok(TenantsWatcher {
             handle,
-            _watcher: watcher,
-            stop: Some(stop_tx),
+            watch: Some(watch),
+            signals,
             thread: Some(thread),
         })
     }
@@ -111,81 +139,107 @@ impl TenantsWatcher {
 
 impl Drop for TenantsWatcher {
     fn drop(&mut self) {
-        drop(self.stop.take());
+        // No more events, then the stop signal: the thread sees it within its next wait.
+        drop(self.watch.take());
+        let _ = self.signals.send(Signal::Stop);
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
     }
 }
 
-fn watch_loop(
-    path: &Path,
-    sender: &watch::Sender<Arc<Tenants>>,
-    handle: &TenantsHandle,
-    events: &mpsc::Receiver<()>,
-    stop: &mpsc::Receiver<()>,
-) {
-    loop {
-        match events.recv_timeout(Duration::from_millis(200)) {
-            Ok(()) => {}
-            Err(RecvTimeoutError::Timeout) => {
-                if !matches!(stop.try_recv(), Err(mpsc::TryRecvError::Empty)) {
-                    return;
-                }
-                continue;
+struct WatchState {
+    path: PathBuf,
+    sender: watch::Sender<Arc<Tenants>>,
+    handle: TenantsHandle,
+    /// The bytes of the configuration in force, or of the last edit refused: the file is
+    /// parsed again only when they change.
+    content: Vec<u8>,
+}
+
+impl WatchState {
+    fn run(&mut self, signals: &mpsc::Receiver<Signal>) {
+        loop {
+            match signals.recv() {
+                Ok(Signal::Changed) => {}
+                Ok(Signal::Stop) | Err(_) => return,
             }
-            Err(RecvTimeoutError::Disconnected) => return,
+            let started = Instant::now();
+            loop {
+                match signals.recv_timeout(QUIET) {
+                    Ok(Signal::Changed) if started.elapsed() < MAX_COALESCE => {}
+                    Ok(Signal::Changed) | Err(RecvTimeoutError::Timeout) => break,
+                    Ok(Signal::Stop) | Err(RecvTimeoutError::Disconnected) => return,
+                }
+            }
+            self.reload();
         }
-        // Coalesce a burst of events (an editor's write + rename + chmod).
-        std::thread::sleep(Duration::from_millis(100));
-        while events.try_recv().is_ok() {}
-        reload(path, sender, handle);
+    }
+
+    fn reload(&mut self) {
+        let path = &self.path;
+        let content = match read(path) {
+            Ok(content) => content,
+            Err(TenantsError::Read { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+                log::error!("{} was removed; keeping the last good configuration", path.display());
+                return;
+            }
+            Err(error) => {
+                log::error!("cannot read the customer configuration, keeping the last good one: {error}");
+                return;
+            }
+        };
+        if content == self.content {
+            return;
+        }
+        self.content = content;
+        match Tenants::parse(&String::from_utf8_lossy(&self.content), &path.display().to_string()) {
+            Ok(new) => self.apply(new),
+            Err(error) => log::error!("customer configuration rejected, keeping the last good one: {error}"),
+        }
+    }
+
+    fn apply(&self, new: Tenants) {
+        let old = self.sender.borrow().clone();
+        if *old == new {
+            return;
+        }
+        let added: Vec<_> = new
+            .iter()
+            .filter(|(id, _)| old.get(id).is_none())
+            .map(|(id, _)| id.to_string())
+            .collect();
+        let removed: Vec<_> = old
+            .iter()
+            .filter(|(id, _)| new.get(id).is_none())
+            .map(|(id, _)| id.to_string())
+            .collect();
+        let changed: Vec<_> = new
+            .iter()
+            .filter(|(id, t)| old.get(id).is_some_and(|o| o != *t))
+            .map(|(id, _)| id.to_string())
+            .collect();
+        log::info!(
+            "tenants reloaded from {}: added=[{}] removed=[{}] changed=[{}]",
+            self.path.display(),
+            added.join(","),
+            removed.join(","),
+            changed.join(",")
+        );
+        self.sender.send_replace(Arc::new(new));
+        let current = self.handle.current();
+        for subscriber in self.handle.subscribers.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+            subscriber(&current);
+        }
     }
 }
 
-fn reload(path: &Path, sender: &watch::Sender<Arc<Tenants>>, handle: &TenantsHandle) {
-    let new = match Tenants::load(path) {
-        Ok(new) => new,
-        Err(TenantsError::Read { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
-            log::error!("{} was removed; keeping the last good configuration", path.display());
-            return;
-        }
-        Err(error) => {
-            log::error!("customer configuration rejected, keeping the last good one: {error}");
-            return;
-        }
-    };
-    let old = sender.borrow().clone();
-    if *old == new {
-        return;
-    }
-    let added: Vec<_> = new
-        .iter()
-        .filter(|(id, _)| old.get(id).is_none())
-        .map(|(id, _)| id.to_string())
-        .collect();
-    let removed: Vec<_> = old
-        .iter()
-        .filter(|(id, _)| new.get(id).is_none())
-        .map(|(id, _)| id.to_string())
-        .collect();
-    let changed: Vec<_> = new
-        .iter()
-        .filter(|(id, t)| old.get(id).is_some_and(|o| o != *t))
-        .map(|(id, _)| id.to_string())
-        .collect();
-    log::info!(
-        "tenants reloaded from {}: added=[{}] removed=[{}] changed=[{}]",
-        path.display(),
-        added.join(","),
-        removed.join(","),
-        changed.join(",")
-    );
-    sender.send_replace(Arc::new(new));
-    let current = handle.current();
-    for subscriber in handle.subscribers.lock().unwrap_or_else(|e| e.into_inner()).iter() {
-        subscriber(&current);
-    }
+/// The file's bytes.
+fn read(path: &Path) -> Result<Vec<u8>, TenantsError> {
+    std::fs::read(path).map_err(|source| TenantsError::Read {
+        path: path.display().to_string(),
+        source,
+    })
 }
 
 fn names(tenants: &Tenants) -> String {
