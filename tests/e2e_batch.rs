@@ -259,25 +259,33 @@ fn each_violation_gets_its_status_and_message_and_leaves_nothing_in_staging() {
         );
         assert!(platform.incoming_files().is_empty());
 
-        // The quota: 200 kB; two accepted 90 kB files store about 160 kB.
-        for seed in 0..2 {
-            let file = Spec::bytes(Shape::Client1Csv, 90_000).with_seed(seed + 10).to_vec();
-            let (status, body) = platform.upload("client1", &small.token(), "q.csv", &file);
-            assert_eq!(status, 201, "{body}");
-            platform.wait_for_report(
+        // The quota (200 kB) is on what the tenant's data occupies: files are accepted while
+        // it occupies less, then refused.
+        let mut accepted = 0;
+        loop {
+            let file = Spec::bytes(Shape::Client1Csv, 90_000).with_seed(accepted + 10).to_vec();
+            let response = platform.upload("client1", &small.token(), "q.csv", &file);
+            if response.0 == 507 {
+                assert_refused(
+                    &platform,
+                    response,
+                    507,
+                    "There is not enough memory on the client disk for the file.",
+                );
+                break;
+            }
+            assert_eq!(response.0, 201, "{}", response.1);
+            accepted += 1;
+            assert!(accepted <= 10, "{backend:?}: the quota never applied");
+            let report = platform.wait_for_report(
                 "client1",
                 &small.token(),
-                body["file_id"].as_str().unwrap(),
+                response.1["file_id"].as_str().unwrap(),
                 Duration::from_secs(60),
             );
+            wait_for_usage_after(&platform, &small, &report);
         }
-        let file = Spec::bytes(Shape::Client1Csv, 90_000).with_seed(20).to_vec();
-        assert_refused(
-            &platform,
-            platform.upload("client1", &small.token(), "q.csv", &file),
-            507,
-            "There is not enough memory on the client disk for the file.",
-        );
+        assert!(accepted >= 2, "{backend:?}: refused after {accepted} files");
 
         // Too many files: lab may have one in flight; hold one with a plugin that waits.
         let release = platform.dir.join("release");
@@ -310,8 +318,85 @@ fn each_violation_gets_its_status_and_message_and_leaves_nothing_in_staging() {
         );
         let (_, stats) = platform.get("/v1/stats", mysimbdp_tests::platform::ADMIN_TOKEN);
         assert_eq!(
-            stats["tenants"]["client1"]["files_ok"], 2,
+            stats["tenants"]["client1"]["files_ok"], accepted,
             "refused uploads never reach ingestion"
+        );
+    }
+}
+
+/// Waits until the tenant's usage was measured after `report`'s file was stored; returns it.
+fn wait_for_usage_after(platform: &Platform, tenant: &TenantSpec, report: &Value) -> u64 {
+    let stored_at = report["ingest_end_time"].as_f64().unwrap();
+    let mut used = None;
+    let measured = wait_until(Duration::from_secs(120), || {
+        let (_, stats) = platform.get(&format!("/v1/tenants/{}/stats", tenant.name), &tenant.token());
+        used = stats["storage_used_bytes"].as_u64();
+        stats["storage_measured_at"].as_f64().is_some_and(|at| at > stored_at)
+    });
+    assert!(measured, "the usage of {} was not measured after its file", tenant.name);
+    used.unwrap()
+}
+
+#[test]
+fn re_ingesting_the_same_file_adds_no_usage_and_never_trips_the_quota() {
+    for backend in Backend::all() {
+        let client1 = TenantSpec::new("client1", &["csv"]);
+        let mut platform = Platform::start(backend, std::slice::from_ref(&client1), "");
+        let file = Spec::rows(Shape::Client1Csv, 20_000).to_vec();
+        let upload = |platform: &Platform, body: &[u8]| {
+            let (status, response) = platform.upload("client1", &client1.token(), "same.csv", body);
+            assert_eq!(status, 201, "{backend:?}: {response}");
+            platform.wait_for_report(
+                "client1",
+                &client1.token(),
+                response["file_id"].as_str().unwrap(),
+                Duration::from_secs(120),
+            )
+        };
+        let once = wait_for_usage_after(&platform, &client1, &upload(&platform, &file));
+        upload(&platform, &file);
+        let thrice = wait_for_usage_after(&platform, &client1, &upload(&platform, &file));
+        eprintln!(
+            "{backend:?}: {} bytes of CSV occupy {once} bytes; after three uploads {thrice}",
+            file.len()
+        );
+        assert!(
+            thrice.abs_diff(once) as f64 <= once as f64 * 0.1,
+            "{backend:?}: one upload {once} bytes, three {thrice}"
+        );
+
+        // A quota just above what the data occupies: the same file again is accepted and adds
+        // nothing; new data is accepted (below the quota) and then the quota is reached.
+        let mut tight = client1.clone();
+        tight.max_memory = thrice + thrice / 50;
+        platform.write_customers(&mysimbdp_tests::platform::customer_information(std::slice::from_ref(
+            &tight,
+        )));
+        assert!(wait_until(Duration::from_secs(10), || {
+            platform.get("/v1/tenants/client1/stats", &client1.token()).1["max_memory_size"] == tight.max_memory
+        }));
+        let again = wait_for_usage_after(&platform, &client1, &upload(&platform, &file));
+        assert!(again < tight.max_memory, "{backend:?}: {again} bytes after a re-ingest");
+        let other = Spec::rows(Shape::Client1Csv, 20_000).with_seed(99).to_vec();
+        let over = wait_for_usage_after(&platform, &client1, &upload(&platform, &other));
+        assert!(
+            over >= tight.max_memory,
+            "{backend:?}: {over} bytes with twice the rows"
+        );
+        let (status, body) = platform.upload("client1", &client1.token(), "same.csv", &file);
+        assert_eq!(status, 507, "{backend:?}: {body}");
+
+        // After a restart the usage is measured again without any upload.
+        platform.restart();
+        let mut after_restart = None;
+        assert!(wait_until(Duration::from_secs(60), || {
+            after_restart =
+                platform.get("/v1/tenants/client1/stats", &client1.token()).1["storage_used_bytes"].as_u64();
+            after_restart.is_some()
+        }));
+        assert!(
+            after_restart.unwrap().abs_diff(over) as f64 <= over as f64 * 0.1,
+            "{backend:?}: {over} bytes before the restart, {after_restart:?} after"
         );
     }
 }

@@ -170,6 +170,11 @@ fn a_panicking_plugin_fails_its_file_by_name_while_other_tenants_keep_ingesting(
             .count()
             == 1
     );
+    let kept = report["file_path"].as_str().unwrap();
+    assert!(
+        kept.starts_with("client-staging-input-directory/.failed/") && platform.dir.join(kept).is_file(),
+        "the report says where the failed file is: {kept}"
+    );
 
     let (status, body) = platform.upload("client1", "client1-token", "ok.csv", &small_csv(4));
     assert_eq!(status, 201);
@@ -325,4 +330,120 @@ fn sigterm_stops_the_platform_within_10_s_after_a_plugin_swap_and_during_an_inge
     let report = platform.wait_for_report("lab", &lab.token(), &file_id, Duration::from_secs(60));
     assert_eq!(report["status"], "done", "{report}");
     assert_eq!(report["rows_ingested"], 2);
+}
+
+/// The lab plugin's status as `/v1/tenants/lab/stats` shows it.
+fn lab_status(platform: &Platform, lab: &TenantSpec) -> serde_json::Value {
+    let (_, stats) = platform.get("/v1/tenants/lab/stats", &lab.token());
+    stats["plugins"]
+        .as_array()
+        .and_then(|plugins| {
+            plugins
+                .iter()
+                .find(|p| p["plugin"] == "clientbatchingestapp_lab_csv")
+                .cloned()
+        })
+        .unwrap_or_default()
+}
+
+/// Uploads `body` for lab and returns its report once done.
+fn lab_file(platform: &Platform, lab: &TenantSpec, body: &str) -> serde_json::Value {
+    let (status, response) = platform.upload("lab", &lab.token(), "items.csv", body.as_bytes());
+    assert_eq!(status, 201, "{response}");
+    let report = platform.wait_for_report(
+        "lab",
+        &lab.token(),
+        response["file_id"].as_str().unwrap(),
+        Duration::from_secs(60),
+    );
+    assert_eq!(report["status"], "done", "{report}");
+    report
+}
+
+#[test]
+fn a_version_that_adds_a_nullable_column_evolves_the_table_and_one_that_cannot_be_applied_is_refused() {
+    for backend in Backend::all() {
+        let lab = TenantSpec::new("lab", &["csv"]);
+        let platform = Platform::start(backend, std::slice::from_ref(&lab), "");
+        let installed = |crate_name: &str, version: &str| {
+            platform.install_plugin(crate_name, "libclientbatchingestapp_lab_csv.so");
+            wait_until(Duration::from_secs(20), || {
+                lab_status(&platform, &lab)["version"]["plugin_version"] == version
+            })
+        };
+        assert!(installed("lab_plugin_v1", "1.0.0"), "{}", platform.tail_log());
+        lab_file(&platform, &lab, "a,1\nb,2\n");
+
+        // 3.0.0 adds the nullable column `note`: applied at load, the next file is done on it.
+        assert!(
+            installed("lab_plugin_v3", "3.0.0"),
+            "{backend:?}: {}",
+            platform.tail_log()
+        );
+        let report = lab_file(&platform, &lab, "c,3\n");
+        assert_eq!(report["plugin_version"], "3.0.0");
+        let (_, tables) = platform.get("/v1/tenants/lab/tables", &lab.token());
+        let columns: Vec<&str> = tables["tables"][0]["columns"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            columns,
+            ["key", "number", "version", "thread_calls", "note"],
+            "{backend:?}"
+        );
+        let (_, page) = platform.get("/v1/tenants/lab/tables/items/rows", &lab.token());
+        let notes: std::collections::BTreeMap<String, serde_json::Value> = page["rows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| (r["key"].as_str().unwrap().to_string(), r["note"].clone()))
+            .collect();
+        assert_eq!(notes["a"], serde_json::Value::Null, "{backend:?}: {page}");
+        assert_eq!(notes["c"], "note of c", "{backend:?}: {page}");
+
+        // A version declaring `number` as text cannot be applied: refused with the reason,
+        // and 3.0.0 keeps ingesting.
+        platform.install_plugin("lab_plugin_retyped", "libclientbatchingestapp_lab_csv.so");
+        let mut status = serde_json::Value::Null;
+        assert!(wait_until(Duration::from_secs(20), || {
+            status = lab_status(&platform, &lab);
+            status["load_failure"]["error"].is_string()
+        }));
+        let error = status["load_failure"]["error"].as_str().unwrap();
+        assert!(
+            error.contains("column number changes type from bigint to text"),
+            "{backend:?}: {error}"
+        );
+        assert_eq!(status["version"]["plugin_version"], "3.0.0");
+        assert_eq!(lab_file(&platform, &lab, "d,4\n")["plugin_version"], "3.0.0");
+
+        // Going back to 1.0.0 would leave out `note`, which holds data: refused too.
+        platform.install_plugin("lab_plugin_v1", "libclientbatchingestapp_lab_csv.so");
+        assert!(
+            wait_until(Duration::from_secs(20), || {
+                status = lab_status(&platform, &lab);
+                status["load_failure"]["error"]
+                    .as_str()
+                    .is_some_and(|e| e.contains("column note is not declared by this version but holds data"))
+            }),
+            "{backend:?}: {status}"
+        );
+        assert_eq!(lab_file(&platform, &lab, "e,5\n")["plugin_version"], "3.0.0");
+        assert_eq!(platform.count("lab", &lab.token(), "items"), 5);
+
+        // `plugin check --root` shows the same without a running platform's help.
+        let output = std::process::Command::new(target_dir().join("mysimbdp"))
+            .args(["plugin", "check"])
+            .arg(library("lab_plugin_retyped"))
+            .args(["--as", "libclientbatchingestapp_lab_csv.so", "--root"])
+            .arg(&platform.dir)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&output.stdout);
+        assert_eq!(output.status.code(), Some(1), "{text}");
+        assert!(text.contains("changes type from bigint to text"), "{text}");
+    }
 }

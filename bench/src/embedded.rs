@@ -24,7 +24,7 @@ pub async fn raw_inserts(dir: &Path, data: &DataSet, chunk_rows: usize) -> anyho
     dms.open_tenant(&storage).await?.ensure_table(&data.table).await?;
     let mut connection = rusqlite::Connection::open(dir.join("rawbench.sqlite"))?;
     connection.execute_batch(WRITER_PRAGMAS)?;
-    let sql = upsert_sql(&data.table);
+    let sql = upsert_sql(&data.table, &data.table);
     let width = data.table.columns.len();
     let started = Instant::now();
     for chunk in data.values.chunks(chunk_rows * width) {

@@ -393,7 +393,9 @@ impl Generator {
             app,
             func,
             end_us: self.end_us,
-            duration_us: duration_us.min(self.end_us),
+            // Not capped at `end_us`: a trace cut out of a longer log has calls that began
+            // before it (real data, which the example plugin must store).
+            duration_us,
         }
     }
 

@@ -121,6 +121,11 @@ pub struct ConfigError {
 }
 
 impl PlatformConfig {
+    /// The platform's own state folder inside the platform's folder `root`.
+    pub fn data_dir_in(&self, root: &Path) -> PathBuf {
+        root.join(self.data_dir.clone().unwrap_or_else(|| PathBuf::from("mysimbdp-data")))
+    }
+
     /// Parses settings text; `path` is for messages.
     pub fn parse(text: &str, path: &str) -> Result<Self, ConfigError> {
         toml::from_str(text).map_err(|e| {

@@ -1,6 +1,7 @@
 //! mysimbdp: a multi-tenant big-data ingestion platform. See `ARCHITECTURE.md` at the root of
 //! the repository for the map of components and the invariants each one keeps.
 
+pub mod admission;
 pub mod batch;
 pub mod config;
 pub mod coredms;
@@ -13,3 +14,4 @@ pub mod report;
 pub mod staging;
 pub mod telemetry;
 pub mod tenants;
+pub mod usage;

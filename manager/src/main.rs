@@ -58,6 +58,14 @@ enum PluginCommand {
     Check {
         /// The `.so` file.
         file: PathBuf,
+        /// Check it as the file it will be deployed as (`libclientbatchingestapp_<tenant>_<type>.so`
+        /// or `libclientstreamingestapp_<tenant>.so`), e.g. a build under cargo's name.
+        #[arg(long = "as", value_name = "NAME")]
+        deployed_as: Option<String>,
+        /// A platform's folder: also check the plugin against its configuration and storage
+        /// (which tables loading it there would create or change, or why it would be refused).
+        #[arg(long)]
+        root: Option<PathBuf>,
     },
 }
 
@@ -78,15 +86,21 @@ fn main() -> ExitCode {
         .init();
     let result = match cli.command {
         Command::Serve(args) => run_async(run_serve(args)),
-        Command::Plugin(PluginCommand::Check { file }) => {
-            let report = mysimbdp::plugin_host::check::check_file(&file);
-            print!("{report}");
-            return if report.verdict.is_ok() {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::from(1)
-            };
-        }
+        Command::Plugin(PluginCommand::Check {
+            file,
+            deployed_as,
+            root,
+        }) => match cli::plugin::run(&file, deployed_as.as_deref(), root.as_deref()) {
+            Ok(report) => {
+                print!("{report}");
+                return if report.verdict.is_ok() {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::from(1)
+                };
+            }
+            Err(e) => Err(e),
+        },
         Command::Upload(args) => run_async(cli::upload::run(args)),
         Command::Stats(args) => run_async(cli::stats::run(args)),
         Command::Tenant(TenantCommand::Token { tenant }) => tenant_token(&tenant),

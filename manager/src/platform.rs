@@ -8,11 +8,12 @@ use std::time::Duration;
 use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 
+use crate::admission::StorageAdmission;
 use crate::batch::{BatchContext, BatchManager, FileTracker};
 use crate::config::{Backend, PlatformConfig};
 use crate::coredms::cassandra::CassandraDms;
 use crate::coredms::embedded::EmbeddedDms;
-use crate::coredms::{CoreDms, WriteLimiter};
+use crate::coredms::{CoreDms, TenantStorage, WriteLimiter};
 use crate::daas::{self, ApiState};
 use crate::plugin_host::{PluginHost, PluginHostConfig};
 use crate::report::{REPORTS_DIR, ReportStore};
@@ -20,6 +21,7 @@ use crate::staging::{STAGING_DIR, Staging};
 use crate::telemetry::Metrics;
 use crate::tenants::watch::TenantsWatcher;
 use crate::tenants::{CUSTOMER_INFORMATION_FILE, TokenDigest};
+use crate::usage::UsageLedger;
 
 /// Well-known demo tokens of the example tenants: warned about at start.
 const DEMO_TOKENS: [&str; 2] = ["client1-demo-token", "client2-demo-token"];
@@ -41,12 +43,7 @@ pub async fn serve(options: ServeOptions, shutdown: impl std::future::Future<Out
         config,
         admin_token,
     } = options;
-    let data_dir = root.join(
-        config
-            .data_dir
-            .clone()
-            .unwrap_or_else(|| PathBuf::from("mysimbdp-data")),
-    );
+    let data_dir = config.data_dir_in(&root);
     std::fs::create_dir_all(&data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
     let cancel = CancellationToken::new();
 
@@ -65,40 +62,48 @@ pub async fn serve(options: ServeOptions, shutdown: impl std::future::Future<Out
         config.coredms.max_writes_in_flight,
         config.coredms.max_writes_in_flight_per_tenant,
     ));
-    let dms: Arc<dyn CoreDms> = match config.coredms.backend {
-        Backend::Embedded => Arc::new(EmbeddedDms::new(&data_dir.join("embedded"), limiter)?),
-        Backend::Cassandra => Arc::new(
-            CassandraDms::connect(config.coredms.cassandra.clone(), limiter)
-                .await
-                .context("connecting to Cassandra ([coredms.cassandra] in the settings)")?,
-        ),
-    };
+    let dms = open_coredms(&config, &data_dir, limiter).await?;
     // The queue carries the near-realtime messages; opening it at start surfaces a broken
     // setting or an unreachable broker now rather than at the first message.
     let queue = crate::queue::open(&config.queue, &data_dir)
         .await
         .context("opening the queue ([queue] in the settings)")?;
     log::info!("queue: {}", queue.backend());
-    let plugins = PluginHost::start(
-        PluginHostConfig {
-            plugins_dir: root.join("plugins"),
-            cache_dir: data_dir.join("plugin-cache"),
-            quarantine_after: config.plugins.quarantine_after,
-            debounce: Duration::from_millis(config.plugins.reload_debounce_ms),
-            watch: true,
-        },
-        tenants.clone(),
-    )
-    .context("starting the plugin host")?;
+    let host_config = PluginHostConfig {
+        plugins_dir: root.join("plugins"),
+        cache_dir: data_dir.join("plugin-cache"),
+        quarantine_after: config.plugins.quarantine_after,
+        debounce: Duration::from_millis(config.plugins.reload_debounce_ms),
+        watch: true,
+        admission: Some(Arc::new(StorageAdmission::new(
+            Arc::clone(&dms),
+            tenants.clone(),
+            tokio::runtime::Handle::current(),
+        ))),
+    };
+    // The first reconcile loads every plugin (and checks its tables against storage, on this
+    // runtime): off the async workers.
+    let host_tenants = tenants.clone();
+    let plugins = tokio::task::spawn_blocking(move || PluginHost::start(host_config, host_tenants))
+        .await?
+        .context("starting the plugin host")?;
     let staging = Arc::new(Staging::open(&root.join(STAGING_DIR)).context("opening the staging folder")?);
     let reports =
         Arc::new(ReportStore::open(&root.join(REPORTS_DIR), config.reports.clone()).context("opening client-reports")?);
     let metrics = Arc::new(Metrics::default());
     let tracker = Arc::new(FileTracker::default());
+    let usage = UsageLedger::new(Arc::clone(&dms));
+    usage.measure_all(
+        tenants
+            .current()
+            .iter()
+            .map(|(id, tenant)| TenantStorage::of(id, tenant)),
+    );
     let batch = Arc::new(
         BatchManager::start(Arc::new(BatchContext {
             staging: Arc::clone(&staging),
             tracker: Arc::clone(&tracker),
+            usage: Arc::clone(&usage),
             plugins: Arc::clone(&plugins),
             dms: Arc::clone(&dms),
             reports: Arc::clone(&reports),
@@ -126,6 +131,7 @@ pub async fn serve(options: ServeOptions, shutdown: impl std::future::Future<Out
         admin_token,
         staging,
         tracker,
+        usage,
         batch: Arc::clone(&batch),
         dms: Arc::clone(&dms),
         reports,
@@ -166,6 +172,22 @@ fn warn_about_demo_tokens(tenants: &crate::tenants::Tenants) {
             );
         }
     }
+}
+
+/// The configured storage backend, its data (embedded) in `data_dir`.
+pub async fn open_coredms(
+    config: &PlatformConfig,
+    data_dir: &Path,
+    limiter: Arc<WriteLimiter>,
+) -> anyhow::Result<Arc<dyn CoreDms>> {
+    Ok(match config.coredms.backend {
+        Backend::Embedded => Arc::new(EmbeddedDms::new(&data_dir.join("embedded"), limiter)?),
+        Backend::Cassandra => Arc::new(
+            CassandraDms::connect(config.coredms.cassandra.clone(), limiter)
+                .await
+                .context("connecting to Cassandra ([coredms.cassandra] in the settings)")?,
+        ),
+    })
 }
 
 /// The folder's default settings file.

@@ -20,6 +20,9 @@ use crate::tenants::{FileType, TenantId};
 /// The folder's name in the platform's root.
 pub const STAGING_DIR: &str = "client-staging-input-directory";
 
+/// The sub-folder where files that failed are kept for the operator.
+pub const FAILED_DIR: &str = ".failed";
+
 /// A staged file's id: its receive time in nanoseconds since the epoch, as text in the API.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct FileId(pub u64);
@@ -118,7 +121,7 @@ impl Staging {
     /// Opens (creating) the folder and its `.incoming`, `.meta` and `.failed` sub-folders, and
     /// removes uploads that were cut off by a crash.
     pub fn open(dir: &Path) -> io::Result<Self> {
-        for sub in [".incoming", ".meta", ".failed"] {
+        for sub in [".incoming", ".meta", FAILED_DIR] {
             fs::create_dir_all(dir.join(sub))?;
         }
         for entry in fs::read_dir(dir.join(".incoming"))?.flatten() {
@@ -250,7 +253,7 @@ impl Staging {
 
     /// Moves a file that could not be ingested to `.failed/`, for the operator.
     pub fn set_aside(&self, file: &StagedFile) -> io::Result<PathBuf> {
-        let target = self.dir.join(".failed").join(file.name());
+        let target = self.dir.join(FAILED_DIR).join(file.name());
         fs::rename(&file.path, &target)?;
         self.forget(file);
         Ok(target)

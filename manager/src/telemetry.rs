@@ -42,7 +42,7 @@ pub struct Metrics {
     files: Family<FileLabels, Counter>,
     rows: Family<RowLabels, Counter>,
     bytes_received: Family<TenantLabel, Counter>,
-    bytes_stored: Family<TenantLabel, Counter>,
+    bytes_written: Family<TenantLabel, Counter>,
     uploads_refused: Family<RefusalLabels, Counter>,
     ingest_seconds: SecondsHistogram,
     plugin_cpu_seconds: Family<TenantLabel, Counter<f64, std::sync::atomic::AtomicU64>>,
@@ -60,7 +60,7 @@ impl Default for Metrics {
             files: Family::default(),
             rows: Family::default(),
             bytes_received: Family::default(),
-            bytes_stored: Family::default(),
+            bytes_written: Family::default(),
             uploads_refused: Family::default(),
             ingest_seconds: Family::new_with_constructor(ingest_histogram as fn() -> Histogram),
             plugin_cpu_seconds: Family::default(),
@@ -83,9 +83,9 @@ impl Default for Metrics {
             metrics.bytes_received.clone(),
         );
         registry.register(
-            "stored_bytes",
-            "Accounting bytes stored, by tenant",
-            metrics.bytes_stored.clone(),
+            "written_bytes",
+            "Accounting bytes written to storage, by tenant (a re-ingest writes them again)",
+            metrics.bytes_written.clone(),
         );
         registry.register(
             "uploads_refused",
@@ -249,7 +249,7 @@ impl FileIngested<'_> {
                 outcome: "failed".into(),
             })
             .inc_by(r.rows_failed);
-        metrics.bytes_stored.get_or_create(&tenant).inc_by(r.bytes_stored);
+        metrics.bytes_written.get_or_create(&tenant).inc_by(r.bytes_written);
         metrics.ingest_seconds.get_or_create(&tenant).observe(r.ingest_time);
         metrics
             .plugin_cpu_seconds

@@ -1,5 +1,8 @@
-// The lab test plugin: tenant `lab`, batch, file type `csv`, built twice (lab_plugin_v1 and
-// lab_plugin_v2) so that tests can replace one version with another. Each line of its input:
+// The lab test plugin: tenant `lab`, batch, file type `csv`, built several times
+// (lab_plugin_v1, _v2, _v3, _retyped) so that tests can replace one version with another. Its
+// `items` table depends on LAB_VARIANT: "plain"; "note" adds a nullable `note` column (schema
+// evolution); "text_number" is "note" with `number` declared as text (a change that cannot be
+// applied). Each line of its input:
 // - `key,number` → a row (key, number, the plugin version, the calling thread's call count);
 // - `PANIC` → panics; `ERROR` → fails the file; `SLEEP ms` → sleeps;
 // - `WAIT path` → waits (at most 60 s) until the file `path` exists (work in flight);
@@ -23,12 +26,14 @@ impl BatchIngestApp for Lab {
     const FILE_TYPES: &'static [&'static str] = &["csv"];
 
     fn tables() -> Vec<TableSpec> {
-        vec![TableSpec::new("items")
+        let number = if LAB_VARIANT == "text_number" { ColumnType::Text } else { ColumnType::BigInt };
+        let items = TableSpec::new("items")
             .column("key", ColumnType::Text)
-            .column("number", ColumnType::BigInt)
+            .column("number", number)
             .column("version", ColumnType::Text)
-            .column("thread_calls", ColumnType::BigInt)
-            .partition_key(&["key"])]
+            .column("thread_calls", ColumnType::BigInt);
+        let items = if LAB_VARIANT == "plain" { items } else { items.nullable_column("note", ColumnType::Text) };
+        vec![items.partition_key(&["key"])]
     }
 
     fn ingest(_file: &FileInfo, input: &mut Input, out: &mut Output) -> Result<(), PluginError> {
@@ -59,10 +64,14 @@ impl BatchIngestApp for Lab {
                 }
                 "" => {}
                 other => match other.split_once(',').map(|(k, n)| (k, n.parse::<i64>())) {
-                    Some((key, Ok(n))) => out.push_row(
-                        table,
-                        [Value::text(key), Value::BigInt(n), Value::text(LAB_VERSION), Value::BigInt(calls)],
-                    )?,
+                    Some((key, Ok(n))) => {
+                        let number = if LAB_VARIANT == "text_number" { Value::from(n.to_string()) } else { Value::BigInt(n) };
+                        let mut row = vec![Value::text(key), number, Value::text(LAB_VERSION), Value::BigInt(calls)];
+                        if LAB_VARIANT != "plain" {
+                            row.push(Value::from(format!("note of {key}")));
+                        }
+                        out.push_row_iter(table, row)?
+                    }
                     _ => out.reject(number, "expected key,number", other)?,
                 },
             }

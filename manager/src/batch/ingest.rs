@@ -21,7 +21,7 @@ use crate::plugin_host::loader::thread_cpu_ns;
 use crate::plugin_host::rows::{HostBatch, RejectedRecord, convert_batch};
 use crate::plugin_host::{CallError, PluginId, PluginVersion};
 use crate::report::{FileOutcome, FileReport, RejectedRow};
-use crate::staging::{StagedFile, UploadMeta, unix_now};
+use crate::staging::{FAILED_DIR, STAGING_DIR, StagedFile, UploadMeta, unix_now};
 use crate::telemetry::FileIngested;
 
 /// How an attempt ended.
@@ -52,7 +52,7 @@ struct Pipeline {
 /// Ingests `file` once.
 pub(super) async fn ingest(ctx: &BatchContext, file: &StagedFile) -> Outcome {
     if !file.path.exists() {
-        ctx.tracker.finished(&file.tenant, file.id, 0);
+        ctx.tracker.finished(&file.tenant, file.id);
         log::warn!("staged file {} disappeared before ingestion", file.path.display());
         return Outcome::Finished;
     }
@@ -67,20 +67,11 @@ pub(super) async fn ingest(ctx: &BatchContext, file: &StagedFile) -> Outcome {
         Ok(version) => version,
         Err(unavailable) => return wait(format!("waiting for a plugin: {unavailable}"), Duration::from_secs(2)),
     };
-    let storage = TenantStorage {
-        tenant: file.tenant.clone(),
-        replication_class: tenant.cassandra_class,
-        replication_factor: tenant.replication_factor,
-    };
+    let storage = TenantStorage::of(&file.tenant, tenant);
     let store = match ctx.dms.open_tenant(&storage).await {
         Ok(store) => store,
         Err(e) => return wait(format!("storage unavailable: {e}"), ctx.config.retry_delay()),
     };
-    if ctx.tracker.stored_bytes(&file.tenant).is_none()
-        && let Ok(bytes) = store.stored_bytes().await
-    {
-        ctx.tracker.set_stored_bytes(&file.tenant, bytes);
-    }
     let attempts = ctx.staging.bump_attempts(file);
     ctx.tracker
         .set_state(&file.tenant, file.id, super::FileState::Ingesting, None);
@@ -101,7 +92,18 @@ pub(super) async fn ingest(ctx: &BatchContext, file: &StagedFile) -> Outcome {
                     message: error,
                 }),
             );
-            return finish(ctx, file, &meta, &version, store.as_ref(), pipeline, started, attempts).await;
+            return finish(
+                ctx,
+                file,
+                &meta,
+                &version,
+                &storage,
+                store.as_ref(),
+                pipeline,
+                started,
+                attempts,
+            )
+            .await;
         }
     }
 
@@ -115,7 +117,18 @@ pub(super) async fn ingest(ctx: &BatchContext, file: &StagedFile) -> Outcome {
             ctx.config.retry_delay(),
         );
     }
-    finish(ctx, file, &meta, &version, store.as_ref(), pipeline, started, attempts).await
+    finish(
+        ctx,
+        file,
+        &meta,
+        &version,
+        &storage,
+        store.as_ref(),
+        pipeline,
+        started,
+        attempts,
+    )
+    .await
 }
 
 impl Pipeline {
@@ -249,12 +262,13 @@ async fn finish(
     file: &StagedFile,
     meta: &UploadMeta,
     version: &Arc<PluginVersion>,
+    storage: &TenantStorage,
     store: &dyn TenantStore,
     pipeline: Pipeline,
     started: f64,
     attempts: u32,
 ) -> Outcome {
-    let mut error = match (&pipeline.store_error, &pipeline.plugin) {
+    let error = match (&pipeline.store_error, &pipeline.plugin) {
         (Some(e), _) => Some(format!("storage failed: {e}")),
         (None, Err(e)) => Some(format!(
             "plugin {} (version {}) failed: {}",
@@ -264,12 +278,15 @@ async fn finish(
         )),
         (None, Ok(())) => None,
     };
-    if pipeline.written.rows > 0
-        && let Err(e) = store
-            .record_usage(&file.id.to_string(), pipeline.written.rows, pipeline.written.bytes)
-            .await
-    {
-        error.get_or_insert(format!("recording storage usage failed: {e}"));
+    if pipeline.written.rows > 0 {
+        if let Err(e) = store.flush().await {
+            // Not known to be durable: no report, the file is redone.
+            return wait(
+                format!("storage could not make the rows durable, the file will be redone: {e}"),
+                ctx.config.retry_delay(),
+            );
+        }
+        ctx.usage.changed(storage.clone());
     }
     let ended = unix_now();
     let report = build_report(ctx, file, meta, version, &pipeline, error, started, ended, attempts);
@@ -309,7 +326,7 @@ async fn finish(
             file.path.display()
         ),
     }
-    ctx.tracker.finished(&file.tenant, file.id, report.bytes_stored);
+    ctx.tracker.finished(&file.tenant, file.id);
     FileIngested { report: &report }.emit(&ctx.metrics);
     Outcome::Finished
 }
@@ -332,7 +349,11 @@ fn build_report(
     FileReport {
         file_received_size: meta.file_received_size,
         file_name: file.name(),
-        file_path: format!("{}/{}", crate::staging::STAGING_DIR, file.name()),
+        // Where the file is once the report is written: a failed file is set aside.
+        file_path: match error {
+            Some(_) => format!("{STAGING_DIR}/{FAILED_DIR}/{}", file.name()),
+            None => format!("{STAGING_DIR}/{}", file.name()),
+        },
         ingest_start_time: started,
         ingest_end_time: ended,
         ingest_time,
@@ -358,7 +379,7 @@ fn build_report(
         plugin_version: Some(version.plugin_version().to_string()),
         plugin_generation: Some(version.generation),
         plugin_cpu_seconds: pipeline.cpu_ns as f64 / 1e9,
-        bytes_stored: pipeline.written.bytes,
+        bytes_written: pipeline.written.bytes,
         backend: ctx.dms.backend().to_string(),
         attempts,
         rejected: None,

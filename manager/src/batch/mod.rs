@@ -28,6 +28,7 @@ use crate::report::ReportStore;
 use crate::staging::{FileId, StagedFile, Staging};
 use crate::telemetry::Metrics;
 use crate::tenants::watch::TenantsHandle;
+use crate::usage::UsageLedger;
 use ingest::Outcome;
 use scheduler::FairQueue;
 
@@ -78,6 +79,8 @@ pub struct BatchContext {
     pub staging: Arc<Staging>,
     /// Files in flight.
     pub tracker: Arc<FileTracker>,
+    /// What each tenant's data occupies.
+    pub usage: Arc<UsageLedger>,
     /// The plugins.
     pub plugins: Arc<PluginHost>,
     /// Storage.
@@ -194,8 +197,7 @@ impl Manager {
         if !self.known.insert(file.id) {
             return;
         }
-        let bytes = std::fs::metadata(&file.path).map_or(0, |m| m.len());
-        self.ctx.tracker.discovered(&file.tenant, file.id, bytes);
+        self.ctx.tracker.discovered(&file.tenant, file.id);
         self.ctx
             .metrics
             .set_files_in_flight(file.tenant.as_str(), self.ctx.tracker.in_flight(&file.tenant));

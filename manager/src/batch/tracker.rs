@@ -1,6 +1,6 @@
 //! Files in flight per tenant (uploading, queued, ingesting), shared by daas and the batch
-//! manager: the count behind `max_files_number`, the bytes not yet stored behind the quota,
-//! and the status of a file before its report exists.
+//! manager: the count behind `max_files_number`, and the status of a file before its report
+//! exists.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -23,16 +23,13 @@ pub enum FileState {
 #[derive(Debug, Clone)]
 struct Tracked {
     state: FileState,
-    bytes: u64,
     note: Option<String>,
 }
 
 #[derive(Debug, Default)]
 struct TenantFiles {
     uploading: u64,
-    uploading_bytes: u64,
     files: BTreeMap<FileId, Tracked>,
-    stored_bytes: Option<u64>,
 }
 
 /// The tracker.
@@ -46,26 +43,14 @@ pub struct FileTracker {
 pub struct UploadReservation {
     tracker: Arc<FileTracker>,
     tenant: TenantId,
-    bytes: u64,
     released: bool,
-}
-
-impl UploadReservation {
-    /// Counts `n` more bytes received (they count against the quota while the upload runs).
-    pub fn add_bytes(&mut self, n: u64) {
-        self.bytes += n;
-        self.tracker.with(&self.tenant, |t| t.uploading_bytes += n);
-    }
 }
 
 impl Drop for UploadReservation {
     fn drop(&mut self) {
         if !self.released {
-            let bytes = self.bytes;
-            self.tracker.with(&self.tenant, |t| {
-                t.uploading = t.uploading.saturating_sub(1);
-                t.uploading_bytes = t.uploading_bytes.saturating_sub(bytes);
-            });
+            self.tracker
+                .with(&self.tenant, |t| t.uploading = t.uploading.saturating_sub(1));
         }
     }
 }
@@ -88,7 +73,6 @@ impl FileTracker {
         reserved.then(|| UploadReservation {
             tracker: Arc::clone(self),
             tenant: tenant.clone(),
-            bytes: 0,
             released: false,
         })
     }
@@ -96,21 +80,18 @@ impl FileTracker {
     /// The upload became a staged file.
     pub fn staged(&self, mut reservation: UploadReservation, file: FileId) {
         reservation.released = true;
-        let bytes = reservation.bytes;
         self.with(&reservation.tenant, |t| {
             t.uploading = t.uploading.saturating_sub(1);
-            t.uploading_bytes = t.uploading_bytes.saturating_sub(bytes);
             // The folder watcher may have seen the file first.
             t.files.entry(file).or_insert(Tracked {
                 state: FileState::Queued,
-                bytes,
                 note: None,
             });
         });
     }
 
     /// A staged file found by a scan or the watcher; false if it is already known.
-    pub fn discovered(&self, tenant: &TenantId, file: FileId, bytes: u64) -> bool {
+    pub fn discovered(&self, tenant: &TenantId, file: FileId) -> bool {
         self.with(tenant, |t| {
             if t.files.contains_key(&file) {
                 return false;
@@ -119,7 +100,6 @@ impl FileTracker {
                 file,
                 Tracked {
                     state: FileState::Queued,
-                    bytes,
                     note: None,
                 },
             );
@@ -138,12 +118,9 @@ impl FileTracker {
     }
 
     /// A file's report was written: it is no longer in flight.
-    pub fn finished(&self, tenant: &TenantId, file: FileId, bytes_stored: u64) {
+    pub fn finished(&self, tenant: &TenantId, file: FileId) {
         self.with(tenant, |t| {
             t.files.remove(&file);
-            if let Some(stored) = &mut t.stored_bytes {
-                *stored += bytes_stored;
-            }
         });
     }
 
@@ -158,25 +135,6 @@ impl FileTracker {
     pub fn in_flight(&self, tenant: &TenantId) -> u64 {
         self.with(tenant, |t| t.uploading + t.files.len() as u64)
     }
-
-    /// Bytes received but not yet stored (uploads, queued and ingesting files).
-    pub fn pending_bytes(&self, tenant: &TenantId) -> u64 {
-        self.with(tenant, |t| {
-            t.uploading_bytes + t.files.values().map(|f| f.bytes).sum::<u64>()
-        })
-    }
-
-    /// The tenant's stored bytes, if known (see [`set_stored_bytes`](Self::set_stored_bytes)).
-    pub fn stored_bytes(&self, tenant: &TenantId) -> Option<u64> {
-        self.with(tenant, |t| t.stored_bytes)
-    }
-
-    /// Sets the stored bytes read from coredms; later files add to it.
-    pub fn set_stored_bytes(&self, tenant: &TenantId, bytes: u64) {
-        self.with(tenant, |t| {
-            t.stored_bytes.get_or_insert(bytes);
-        });
-    }
 }
 
 #[cfg(test)]
@@ -187,20 +145,15 @@ mod tests {
     fn uploads_and_staged_files_count_against_the_limit_until_finished() {
         let tracker = Arc::new(FileTracker::default());
         let tenant: TenantId = "a".parse().unwrap();
-        let mut first = tracker.try_reserve(&tenant, 2).unwrap();
-        first.add_bytes(10);
+        let first = tracker.try_reserve(&tenant, 2).unwrap();
         let second = tracker.try_reserve(&tenant, 2).unwrap();
         assert!(tracker.try_reserve(&tenant, 2).is_none());
-        assert_eq!(tracker.pending_bytes(&tenant), 10);
         drop(second);
         tracker.staged(first, FileId(1));
         assert_eq!(tracker.in_flight(&tenant), 1);
         assert_eq!(tracker.status(&tenant, FileId(1)), Some((FileState::Queued, None)));
         assert!(tracker.try_reserve(&tenant, 2).is_some());
-        tracker.set_stored_bytes(&tenant, 100);
-        tracker.finished(&tenant, FileId(1), 7);
+        tracker.finished(&tenant, FileId(1));
         assert_eq!(tracker.in_flight(&tenant), 0);
-        assert_eq!(tracker.stored_bytes(&tenant), Some(107));
-        assert_eq!(tracker.pending_bytes(&tenant), 0);
     }
 }

@@ -234,6 +234,27 @@ impl CoreDms for CassandraDms {
         "cassandra"
     }
 
+    async fn open_existing(&self, tenant: &TenantStorage) -> Result<Option<Arc<dyn TenantStore>>, StoreError> {
+        let keyspace = format!("{}{}", self.shared.config.keyspace_prefix, tenant.tenant);
+        let known = self
+            .open
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains_key(&tenant.tenant);
+        if known
+            || self
+                .shared
+                .session
+                .get_cluster_state()
+                .get_keyspace(&keyspace)
+                .is_some()
+        {
+            self.open_tenant(tenant).await.map(Some)
+        } else {
+            Ok(None)
+        }
+    }
+
     async fn open_tenant(&self, tenant: &TenantStorage) -> Result<Arc<dyn TenantStore>, StoreError> {
         if let Some(open) = self.open.lock().unwrap_or_else(|e| e.into_inner()).get(&tenant.tenant) {
             return Ok(open.clone());

@@ -7,7 +7,8 @@
 //! the writer). Tables are `STRICT, WITHOUT ROWID` with the declared primary key, so a row is
 //! stored once per key and `INSERT OR REPLACE` makes writes idempotent
 //! (doubles sit in `ANY` columns, so that -0.0 and NaN come back as written). The declared schemas
-//! are kept in `mysimbdp_tables`, accounting in `mysimbdp_usage`.
+//! are kept in `mysimbdp_tables`; `mysimbdp_meta` holds the platform's own counters. What a
+//! tenant's data occupies is its database's pages in use.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -19,8 +20,8 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, ToSql, params};
 use tokio::sync::oneshot;
 
 use super::{
-    ColumnType, CoreDms, Page, Rows, StoreError, StoreErrorKind, TableSchema, TenantStorage, TenantStore, Value,
-    WriteLimiter, Written, check_declaration, find_table,
+    ColumnType, CoreDms, Page, Rows, StoreError, StoreErrorKind, TableChange, TableSchema, TenantStorage, TenantStore,
+    Value, WriteLimiter, Written, check_declaration, find_table,
 };
 use crate::tenants::TenantId;
 
@@ -43,17 +44,37 @@ impl EmbeddedDms {
     }
 }
 
+impl EmbeddedDms {
+    fn database(&self, tenant: &TenantId) -> PathBuf {
+        self.dir.join(format!("{tenant}.sqlite"))
+    }
+}
+
 #[async_trait]
 impl CoreDms for EmbeddedDms {
     fn backend(&self) -> &'static str {
         "embedded"
     }
 
+    async fn open_existing(&self, tenant: &TenantStorage) -> Result<Option<Arc<dyn TenantStore>>, StoreError> {
+        let exists = self
+            .open
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains_key(&tenant.tenant)
+            || self.database(&tenant.tenant).is_file();
+        if exists {
+            self.open_tenant(tenant).await.map(Some)
+        } else {
+            Ok(None)
+        }
+    }
+
     async fn open_tenant(&self, tenant: &TenantStorage) -> Result<Arc<dyn TenantStore>, StoreError> {
         if let Some(open) = self.open.lock().unwrap_or_else(|e| e.into_inner()).get(&tenant.tenant) {
             return Ok(open.clone());
         }
-        let path = self.dir.join(format!("{}.sqlite", tenant.tenant));
+        let path = self.database(&tenant.tenant);
         let tenant_id = tenant.tenant.clone();
         let limiter = Arc::clone(&self.limiter);
         let store = tokio::task::spawn_blocking(move || EmbeddedTenant::open(tenant_id, path, limiter))
@@ -66,9 +87,9 @@ impl CoreDms for EmbeddedDms {
 }
 
 enum Command {
-    EnsureTable(TableSchema, oneshot::Sender<Result<(), StoreError>>),
+    EnsureTable(TableSchema, oneshot::Sender<Result<TableChange, StoreError>>),
     Write(Rows, oneshot::Sender<Result<Written, StoreError>>),
-    RecordUsage(String, u64, u64, oneshot::Sender<Result<(), StoreError>>),
+    Flush(oneshot::Sender<Result<(), StoreError>>),
 }
 
 /// One tenant's database.
@@ -88,7 +109,7 @@ impl EmbeddedTenant {
         connection
             .execute_batch(
                 "CREATE TABLE IF NOT EXISTS mysimbdp_tables (name TEXT PRIMARY KEY, schema TEXT NOT NULL) STRICT;
-                 CREATE TABLE IF NOT EXISTS mysimbdp_usage (source TEXT PRIMARY KEY, rows INTEGER NOT NULL, bytes INTEGER NOT NULL) STRICT;",
+                 CREATE TABLE IF NOT EXISTS mysimbdp_meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL) STRICT;",
             )
             .map_err(|e| sqlite_error(&tenant, "preparing the database", e))?;
         let (commands, receiver) = std::sync::mpsc::sync_channel(4);
@@ -152,10 +173,38 @@ impl TenantStore for EmbeddedTenant {
         &self.tenant
     }
 
-    async fn ensure_table(&self, table: &TableSchema) -> Result<(), StoreError> {
+    async fn ensure_table(&self, table: &TableSchema) -> Result<TableChange, StoreError> {
         check_declaration(&self.tenant, table)?;
         let table = table.clone();
         self.command(|reply| Command::EnsureTable(table, reply)).await
+    }
+
+    async fn check_table(&self, table: &TableSchema) -> Result<TableChange, StoreError> {
+        check_declaration(&self.tenant, table)?;
+        let (table, tenant) = (table.clone(), self.tenant.clone());
+        self.read("checking a table", move |_, tables| {
+            table_change(&tenant, tables.iter().find(|t| t.name == table.name), &table).map(|(change, _)| change)
+        })
+        .await
+    }
+
+    async fn column_has_data(&self, table: &str, column: &str) -> Result<bool, StoreError> {
+        let (table, column, tenant) = (table.to_string(), column.to_string(), self.tenant.clone());
+        self.read("looking for data in a column", move |connection, tables| {
+            let schema = find_table(tables, &tenant, &table)?;
+            if !schema.columns.iter().any(|c| c.name == column) {
+                return Ok(false);
+            }
+            let sql = format!(
+                "SELECT EXISTS (SELECT 1 FROM {} WHERE {} IS NOT NULL)",
+                quoted(&schema.name),
+                quoted(&column)
+            );
+            connection
+                .query_row(&sql, [], |r| r.get::<_, bool>(0))
+                .map_err(|e| sqlite_error(&tenant, "looking for data in a column", e))
+        })
+        .await
     }
 
     async fn write(&self, rows: Rows) -> Result<Written, StoreError> {
@@ -193,19 +242,20 @@ impl TenantStore for EmbeddedTenant {
         .await
     }
 
-    async fn record_usage(&self, source: &str, rows: u64, bytes: u64) -> Result<(), StoreError> {
-        let source = source.to_string();
-        self.command(|reply| Command::RecordUsage(source, rows, bytes, reply))
-            .await
+    async fn flush(&self) -> Result<(), StoreError> {
+        self.command(Command::Flush).await
     }
 
     async fn stored_bytes(&self) -> Result<u64, StoreError> {
         let tenant = self.tenant.clone();
-        self.read("reading usage", move |connection, _| {
-            let bytes: i64 = connection
-                .query_row("SELECT COALESCE(SUM(bytes), 0) FROM mysimbdp_usage", [], |r| r.get(0))
-                .map_err(|e| sqlite_error(&tenant, "reading usage", e))?;
-            Ok(bytes as u64)
+        self.read("measuring its size", move |connection, _| {
+            let pages = |pragma: &str| {
+                connection
+                    .query_row(&format!("PRAGMA {pragma}"), [], |r| r.get::<_, i64>(0))
+                    .map_err(|e| sqlite_error(&tenant, "measuring its size", e))
+            };
+            let in_use = pages("page_count")? - pages("freelist_count")?;
+            Ok((in_use.max(0) * pages("page_size")?) as u64)
         })
         .await
     }
@@ -220,40 +270,79 @@ fn writer_loop(tenant: &TenantId, mut connection: Connection, commands: &std::sy
             Command::Write(rows, reply) => {
                 let _ = reply.send(write_rows(&mut connection, tenant, &rows));
             }
-            Command::RecordUsage(source, rows, bytes, reply) => {
-                let _ = reply.send(record_usage(&connection, tenant, &source, rows, bytes));
+            Command::Flush(reply) => {
+                let _ = reply.send(flush(&connection, tenant));
             }
         }
     }
 }
 
-fn ensure_table(connection: &mut Connection, tenant: &TenantId, table: &TableSchema) -> Result<(), StoreError> {
-    let transaction = connection
-        .transaction()
-        .map_err(|e| sqlite_error(tenant, "creating a table", e))?;
-    let existing: Option<String> = transaction
-        .query_row(
-            "SELECT schema FROM mysimbdp_tables WHERE name = ?1",
-            [&table.name],
-            |r| r.get(0),
-        )
-        .optional()
-        .map_err(|e| sqlite_error(tenant, "creating a table", e))?;
-    if let Some(existing) = existing {
-        let existing: TableSchema = serde_json::from_str(&existing)
-            .map_err(|e| internal(format!("table {} of {tenant} has a corrupt schema: {e}", table.name)))?;
-        if existing != *table {
-            return Err(StoreError::new(
-                StoreErrorKind::Schema,
-                format!(
-                    "tenant {tenant} already has a table {} with another schema: {}",
-                    table.name,
-                    existing.difference(table)
-                ),
-            ));
+fn ensure_table(
+    connection: &mut Connection,
+    tenant: &TenantId,
+    table: &TableSchema,
+) -> Result<TableChange, StoreError> {
+    let failed = |e| sqlite_error(tenant, "creating or changing a table", e);
+    let transaction = connection.transaction().map_err(failed)?;
+    let existing = declared(&transaction, tenant, &table.name)?;
+    let (change, stored) = table_change(tenant, existing.as_ref(), table)?;
+    match &change {
+        TableChange::Unchanged => return Ok(change),
+        TableChange::Create => transaction.execute_batch(&create_table_sql(table)).map_err(failed)?,
+        TableChange::AddColumns(added) => {
+            for column in added {
+                let add = format!(
+                    "ALTER TABLE {} ADD COLUMN {} {}",
+                    quoted(&table.name),
+                    quoted(&column.name),
+                    sqlite_type(column.column_type)
+                );
+                transaction.execute_batch(&add).map_err(failed)?;
+            }
         }
-        return Ok(());
     }
+    let schema = serde_json::to_string(&stored).map_err(|e| internal(e.to_string()))?;
+    transaction
+        .execute(
+            "INSERT OR REPLACE INTO mysimbdp_tables (name, schema) VALUES (?1, ?2)",
+            params![table.name, schema],
+        )
+        .map_err(failed)?;
+    transaction.commit().map_err(failed)?;
+    if let TableChange::AddColumns(added) = &change {
+        log::info!(
+            "embedded: tenant={tenant} table={} added columns {}",
+            table.name,
+            added.iter().map(|c| c.name.as_str()).collect::<Vec<_>>().join(",")
+        );
+    }
+    Ok(change)
+}
+
+/// What declaring `table` does given the stored declaration, and the declaration after it.
+fn table_change(
+    tenant: &TenantId,
+    existing: Option<&TableSchema>,
+    table: &TableSchema,
+) -> Result<(TableChange, TableSchema), StoreError> {
+    let Some(existing) = existing else {
+        return Ok((TableChange::Create, table.clone()));
+    };
+    let added = existing.evolve_to(table).map_err(|reason| {
+        StoreError::new(
+            StoreErrorKind::Schema,
+            format!("tenant {tenant}: the stored table cannot take this declaration: {reason}"),
+        )
+    })?;
+    if added.is_empty() {
+        Ok((TableChange::Unchanged, existing.clone()))
+    } else {
+        let stored = existing.with_columns(&added);
+        Ok((TableChange::AddColumns(added), stored))
+    }
+}
+
+fn create_table_sql(table: &TableSchema) -> String {
     let columns: Vec<String> = table
         .columns
         .iter()
@@ -266,67 +355,83 @@ fn ensure_table(connection: &mut Connection, tenant: &TenantId, table: &TableSch
             )
         })
         .collect();
-    let key: Vec<String> = table
+    format!(
+        "CREATE TABLE {} ({}, PRIMARY KEY ({})) STRICT, WITHOUT ROWID",
+        quoted(&table.name),
+        columns.join(", "),
+        key_names(table).join(", ")
+    )
+}
+
+fn key_names(table: &TableSchema) -> Vec<String> {
+    table
         .partition_key
         .iter()
         .chain(&table.clustering_key)
         .map(|k| quoted(k))
-        .collect();
-    let create = format!(
-        "CREATE TABLE {} ({}, PRIMARY KEY ({})) STRICT, WITHOUT ROWID",
-        quoted(&table.name),
-        columns.join(", "),
-        key.join(", ")
-    );
-    transaction
-        .execute_batch(&create)
-        .map_err(|e| sqlite_error(tenant, "creating a table", e))?;
-    let schema = serde_json::to_string(table).map_err(|e| internal(e.to_string()))?;
-    transaction
-        .execute(
-            "INSERT INTO mysimbdp_tables (name, schema) VALUES (?1, ?2)",
-            params![table.name, schema],
-        )
-        .map_err(|e| sqlite_error(tenant, "creating a table", e))?;
-    transaction
-        .commit()
-        .map_err(|e| sqlite_error(tenant, "creating a table", e))
+        .collect()
+}
+
+/// The declaration of a table, if it has one.
+fn declared(connection: &Connection, tenant: &TenantId, name: &str) -> Result<Option<TableSchema>, StoreError> {
+    let json: Option<String> = connection
+        .prepare_cached("SELECT schema FROM mysimbdp_tables WHERE name = ?1")
+        .and_then(|mut statement| statement.query_row([name], |r| r.get(0)).optional())
+        .map_err(|e| sqlite_error(tenant, "reading a table's declaration", e))?;
+    json.map(|json| {
+        serde_json::from_str(&json).map_err(|e| internal(format!("table {name} of {tenant} has a corrupt schema: {e}")))
+    })
+    .transpose()
 }
 
 /// The settings of the writer connection. Rows are committed with `synchronous = NORMAL` (a
-/// commit survives a crash of the process); [`record_usage`] is the durability barrier: it
-/// commits with `FULL`, which syncs the log with every row written before it, and the batch
-/// manager records usage before it writes a file's report and removes the staging file.
+/// commit survives a crash of the process); [`flush`] is the durability barrier: it commits
+/// with `FULL`, which syncs the log with every row written before it, and the batch manager
+/// flushes before it writes a file's report and removes the staging file.
 pub const WRITER_PRAGMAS: &str = "PRAGMA journal_mode = WAL;
     PRAGMA synchronous = NORMAL;
     PRAGMA busy_timeout = 10000;
     PRAGMA cache_size = -65536;
     PRAGMA temp_store = MEMORY;";
 
-/// The statement that upserts a row of `table`.
-pub fn upsert_sql(table: &TableSchema) -> String {
+/// The statement that upserts a row of `table`: a row with every column of the stored table
+/// replaces the stored one; a row with fewer (a version that leaves out columns) sets only its
+/// own, as an INSERT in Cassandra does.
+pub fn upsert_sql(table: &TableSchema, stored: &TableSchema) -> String {
     let names: Vec<String> = table.columns.iter().map(|c| quoted(&c.name)).collect();
     let placeholders: Vec<String> = (1..=names.len()).map(|i| format!("?{i}")).collect();
-    format!(
-        "INSERT OR REPLACE INTO {} ({}) VALUES ({})",
+    let insert = format!(
+        "INTO {} ({}) VALUES ({})",
         quoted(&table.name),
         names.join(", "),
         placeholders.join(", ")
-    )
+    );
+    if stored.same_columns(table) {
+        return format!("INSERT OR REPLACE {insert}");
+    }
+    let keys = key_names(table);
+    let updates: Vec<String> = names
+        .iter()
+        .filter(|n| !keys.contains(n))
+        .map(|n| format!("{n} = excluded.{n}"))
+        .collect();
+    let action = if updates.is_empty() {
+        "NOTHING".to_string()
+    } else {
+        format!("UPDATE SET {}", updates.join(", "))
+    };
+    format!("INSERT {insert} ON CONFLICT ({}) DO {action}", keys.join(", "))
 }
 
-fn record_usage(
-    connection: &Connection,
-    tenant: &TenantId,
-    source: &str,
-    rows: u64,
-    bytes: u64,
-) -> Result<(), StoreError> {
-    let error = |e| sqlite_error(tenant, "recording usage", e);
+/// Commits one small change with `synchronous = FULL`: in WAL mode that syncs the log, and with
+/// it every transaction committed before (a commit without changes would write nothing).
+fn flush(connection: &Connection, tenant: &TenantId) -> Result<(), StoreError> {
+    let error = |e| sqlite_error(tenant, "making its rows durable", e);
     connection.execute_batch("PRAGMA synchronous = FULL").map_err(error)?;
     let written = connection.execute(
-        "INSERT OR REPLACE INTO mysimbdp_usage (source, rows, bytes) VALUES (?1, ?2, ?3)",
-        params![source, rows as i64, bytes as i64],
+        "INSERT INTO mysimbdp_meta (name, value) VALUES ('flushes', 1) \
+         ON CONFLICT (name) DO UPDATE SET value = value + 1",
+        [],
     );
     connection.execute_batch("PRAGMA synchronous = NORMAL").map_err(error)?;
     written.map(|_| ()).map_err(error)
@@ -334,8 +439,8 @@ fn record_usage(
 
 fn write_rows(connection: &mut Connection, tenant: &TenantId, rows: &Rows) -> Result<Written, StoreError> {
     let table = &rows.table;
-    check_declared(connection, tenant, table)?;
-    let sql = upsert_sql(table);
+    let stored = check_declared(connection, tenant, table)?;
+    let sql = upsert_sql(table, &stored);
     let transaction = connection
         .transaction()
         .map_err(|e| sqlite_error(tenant, "writing rows", e))?;
@@ -358,28 +463,19 @@ fn write_rows(connection: &mut Connection, tenant: &TenantId, rows: &Rows) -> Re
     })
 }
 
-/// Rows go only into a declared table (NotFound otherwise) of the declared schema (Schema).
-fn check_declared(connection: &Connection, tenant: &TenantId, table: &TableSchema) -> Result<(), StoreError> {
-    let declared: Option<String> = connection
-        .prepare_cached("SELECT schema FROM mysimbdp_tables WHERE name = ?1")
-        .and_then(|mut statement| statement.query_row([&table.name], |r| r.get(0)).optional())
-        .map_err(|e| sqlite_error(tenant, "writing rows", e))?;
-    let declared: TableSchema = match declared {
-        None => return Err(find_table(&[], tenant, &table.name).unwrap_err()),
-        Some(json) => serde_json::from_str(&json)
-            .map_err(|e| internal(format!("table {} of {tenant} has a corrupt schema: {e}", table.name)))?,
+/// Rows go only into a declared table (NotFound otherwise) that can take them as it is
+/// (Schema). Returns the stored declaration.
+fn check_declared(connection: &Connection, tenant: &TenantId, table: &TableSchema) -> Result<TableSchema, StoreError> {
+    let Some(stored) = declared(connection, tenant, &table.name)? else {
+        return Err(find_table(&[], tenant, &table.name).unwrap_err());
     };
-    if declared != *table {
-        return Err(StoreError::new(
+    stored.accepts(table).map_err(|reason| {
+        StoreError::new(
             StoreErrorKind::Schema,
-            format!(
-                "tenant {tenant}: rows for table {} do not have its schema: {}",
-                table.name,
-                declared.difference(table)
-            ),
-        ));
-    }
-    Ok(())
+            format!("tenant {tenant}: rows for table {} do not fit it: {reason}", table.name),
+        )
+    })?;
+    Ok(stored)
 }
 
 fn read_page(

@@ -21,7 +21,7 @@ use async_trait::async_trait;
 use serde::Serialize;
 
 pub use limiter::WriteLimiter;
-pub use schema::{Column, ColumnType, Rows, TableSchema, Value};
+pub use schema::{Column, ColumnType, Rows, TableChange, TableSchema, Value};
 
 use crate::tenants::{ReplicationClass, TenantId};
 
@@ -84,6 +84,18 @@ pub struct TenantStorage {
     pub replication_factor: u32,
 }
 
+impl TenantStorage {
+    /// The storage of `tenant` as its entry in `customer_information.json` describes it (the one
+    /// place a `TenantStorage` is made from a tenant's configuration).
+    pub fn of(tenant: &TenantId, config: &crate::tenants::Tenant) -> Self {
+        TenantStorage {
+            tenant: tenant.clone(),
+            replication_class: config.cassandra_class,
+            replication_factor: config.replication_factor,
+        }
+    }
+}
+
 /// The result of a write.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Written {
@@ -110,6 +122,9 @@ pub trait CoreDms: Send + Sync {
 
     /// Opens (creating if needed) the tenant's database or keyspace.
     async fn open_tenant(&self, tenant: &TenantStorage) -> Result<Arc<dyn TenantStore>, StoreError>;
+
+    /// Opens the tenant's database or keyspace if it exists; creates nothing.
+    async fn open_existing(&self, tenant: &TenantStorage) -> Result<Option<Arc<dyn TenantStore>>, StoreError>;
 }
 
 /// One tenant's storage.
@@ -118,9 +133,17 @@ pub trait TenantStore: Send + Sync {
     /// The tenant it is bound to.
     fn tenant(&self) -> &TenantId;
 
-    /// Creates the table, or checks that the existing one has the same schema (a different
-    /// one is a [`StoreErrorKind::Schema`] error that names the difference).
-    async fn ensure_table(&self, table: &TableSchema) -> Result<(), StoreError>;
+    /// Creates the table, or evolves the existing one so that rows declared as `table` can be
+    /// stored in it ([`TableSchema::evolve_to`]: nullable columns are added); a change that
+    /// cannot be applied is a [`StoreErrorKind::Schema`] error that says why. Concurrent callers
+    /// agree on one declaration.
+    async fn ensure_table(&self, table: &TableSchema) -> Result<TableChange, StoreError>;
+
+    /// What [`ensure_table`](Self::ensure_table) would do, without doing it.
+    async fn check_table(&self, table: &TableSchema) -> Result<TableChange, StoreError>;
+
+    /// Whether any row of `table` has a value (not null) in `column`.
+    async fn column_has_data(&self, table: &str, column: &str) -> Result<bool, StoreError>;
 
     /// Upserts rows (checked against their table by the caller) into their table.
     async fn write(&self, rows: Rows) -> Result<Written, StoreError>;
@@ -134,11 +157,24 @@ pub trait TenantStore: Send + Sync {
     /// The exact number of rows in a table.
     async fn count(&self, table: &str) -> Result<u64, StoreError>;
 
-    /// Records that `source` (a file id) stored `rows` rows of `bytes` accounting bytes.
-    /// Recording the same source again replaces its entry, so a redone file counts once.
-    async fn record_usage(&self, source: &str, rows: u64, bytes: u64) -> Result<(), StoreError>;
+    /// The durability barrier: when it returns, every row this store acknowledged before the
+    /// call survives a crash of the process (embedded: a `synchronous = FULL` commit, which
+    /// syncs the log holding them; Cassandra: each write was acknowledged at the configured
+    /// consistency, so there is nothing left to do). A report or an offset commit comes after
+    /// it, never before.
+    async fn flush(&self) -> Result<(), StoreError>;
 
-    /// Accounting bytes stored for the tenant: the sum of [`record_usage`](Self::record_usage).
+    /// What the tenant's data occupies now, in bytes, measured by the backend. Re-writing rows
+    /// that exist changes it by little (within a small tolerance, below), so a re-ingest does
+    /// not count twice:
+    /// - embedded: the pages of the tenant's database in use (its file without its free pages,
+    ///   the log included), i.e. rows, keys and indexes as SQLite lays them out;
+    /// - Cassandra: for each table, its exact row count times the mean accounting bytes
+    ///   ([`Value::logical_bytes`]) of a sample of its rows (up to 1,024, spread over the token
+    ///   ring): the payload, without Cassandra's per-cell overhead, compression or replicas.
+    ///
+    /// Reading a whole table's row count is not free on Cassandra; callers measure after
+    /// changes, not per request (the usage ledger does).
     async fn stored_bytes(&self) -> Result<u64, StoreError>;
 }
 

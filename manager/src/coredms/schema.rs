@@ -117,6 +117,85 @@ impl TableSchema {
         Ok(())
     }
 
+    /// The columns to add to this table (as stored) so that rows declared as `version` can be
+    /// stored in it: schema evolution as Cassandra's users know it. A version may add nullable
+    /// columns, leave out nullable ones (its rows leave them null), and declare a nullable column
+    /// as required; `Err` says why anything else cannot be applied: another key, another type,
+    /// a new column that is required (the stored rows have no value for it), a required column
+    /// left out, or a required column made nullable.
+    pub fn evolve_to(&self, version: &TableSchema) -> Result<Vec<Column>, String> {
+        let name = &self.name;
+        if (&self.partition_key, &self.clustering_key) != (&version.partition_key, &version.clustering_key) {
+            return Err(format!(
+                "table {name}: the key changes from {} to {}",
+                describe_key(self),
+                describe_key(version)
+            ));
+        }
+        let mut added = Vec::new();
+        for column in &version.columns {
+            match self.columns.iter().find(|c| c.name == column.name) {
+                Some(stored) if stored.column_type != column.column_type => {
+                    return Err(format!(
+                        "table {name}: column {} changes type from {} to {}",
+                        column.name,
+                        stored.column_type.name(),
+                        column.column_type.name()
+                    ));
+                }
+                Some(stored) if column.nullable && !stored.nullable => {
+                    return Err(format!(
+                        "table {name}: column {} is required in the stored table and nullable in this version",
+                        column.name
+                    ));
+                }
+                Some(_) => {}
+                None if !column.nullable => {
+                    return Err(format!(
+                        "table {name}: the new column {} must be nullable (the rows already stored have no value for it)",
+                        column.name
+                    ));
+                }
+                None => added.push(column.clone()),
+            }
+        }
+        if let Some(missing) = self
+            .columns
+            .iter()
+            .find(|c| !c.nullable && !version.columns.iter().any(|v| v.name == c.name))
+        {
+            return Err(format!(
+                "table {name}: the required column {} is not declared by this version",
+                missing.name
+            ));
+        }
+        Ok(added)
+    }
+
+    /// This table with `added` columns after its own.
+    pub fn with_columns(&self, added: &[Column]) -> TableSchema {
+        let mut table = self.clone();
+        table.columns.extend(added.iter().cloned());
+        table
+    }
+
+    /// Whether rows declared as `version` can be written to this table as it is.
+    pub fn accepts(&self, version: &TableSchema) -> Result<(), String> {
+        match self.evolve_to(version)? {
+            added if added.is_empty() => Ok(()),
+            added => Err(format!(
+                "table {}: the rows have columns the table lacks ({})",
+                self.name,
+                added.iter().map(|c| c.name.as_str()).collect::<Vec<_>>().join(", ")
+            )),
+        }
+    }
+
+    /// Whether `version` has exactly this table's columns (in any order).
+    pub fn same_columns(&self, version: &TableSchema) -> bool {
+        self.columns.len() == version.columns.len() && version.columns.iter().all(|c| self.columns.contains(c))
+    }
+
     /// A short description of how `other` differs, for a schema conflict error.
     pub fn difference(&self, other: &TableSchema) -> String {
         if self.columns != other.columns {
@@ -142,6 +221,26 @@ impl TableSchema {
             )
         }
     }
+}
+
+fn describe_key(table: &TableSchema) -> String {
+    format!(
+        "partition key ({}) clustering key ({})",
+        table.partition_key.join(", "),
+        table.clustering_key.join(", ")
+    )
+}
+
+/// What declaring a table does to the tenant's storage.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "change", content = "columns", rename_all = "snake_case")]
+pub enum TableChange {
+    /// The table does not exist yet: it is created as declared.
+    Create,
+    /// It exists and takes the declared rows as it is.
+    Unchanged,
+    /// It exists; these nullable columns are added to it.
+    AddColumns(Vec<Column>),
 }
 
 /// A stored value.
@@ -316,6 +415,49 @@ mod tests {
                 .unwrap_err()
                 .contains("1 values for 2 columns")
         );
+    }
+
+    #[test]
+    fn a_version_may_add_and_leave_out_nullable_columns_and_nothing_else() {
+        let stored = table();
+        let with = |columns: Vec<Column>| TableSchema { columns, ..table() };
+        let column = |name: &str, column_type, nullable| Column {
+            name: name.into(),
+            column_type,
+            nullable,
+        };
+        let k = column("k", ColumnType::Text, false);
+        let v = column("v", ColumnType::Double, true);
+        assert_eq!(stored.evolve_to(&stored), Ok(vec![]));
+        let extra = column("extra", ColumnType::Text, true);
+        assert_eq!(
+            stored.evolve_to(&with(vec![k.clone(), v.clone(), extra.clone()])),
+            Ok(vec![extra.clone()])
+        );
+        assert_eq!(stored.with_columns(std::slice::from_ref(&extra)).columns.len(), 3);
+        assert_eq!(stored.evolve_to(&with(vec![k.clone()])), Ok(vec![]), "v is left null");
+        let retyped = with(vec![k.clone(), column("v", ColumnType::Text, true)]);
+        assert!(
+            stored
+                .evolve_to(&retyped)
+                .unwrap_err()
+                .contains("changes type from double to text")
+        );
+        let required = with(vec![k.clone(), v.clone(), column("extra", ColumnType::Text, false)]);
+        assert!(stored.evolve_to(&required).unwrap_err().contains("must be nullable"));
+        let rekeyed = TableSchema {
+            clustering_key: vec!["v".into()],
+            ..table()
+        };
+        assert!(stored.evolve_to(&rekeyed).unwrap_err().contains("the key changes"));
+        assert!(
+            stored
+                .evolve_to(&with(vec![v.clone()]))
+                .unwrap_err()
+                .contains("required column k")
+        );
+        assert!(stored.accepts(&with(vec![k.clone(), v.clone(), extra])).is_err());
+        assert!(stored.accepts(&with(vec![v, k])).is_ok());
     }
 
     #[test]

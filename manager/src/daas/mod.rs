@@ -32,6 +32,7 @@ use crate::staging::Staging;
 use crate::telemetry::Metrics;
 use crate::tenants::watch::TenantsHandle;
 use crate::tenants::{Tenant, TenantId, TokenDigest};
+use crate::usage::UsageLedger;
 
 /// What the API works with.
 pub struct ApiState {
@@ -43,6 +44,8 @@ pub struct ApiState {
     pub staging: Arc<Staging>,
     /// Files in flight.
     pub tracker: Arc<FileTracker>,
+    /// What each tenant's data occupies (the quota).
+    pub usage: Arc<UsageLedger>,
     /// The batch manager (to hand staged files over).
     pub batch: Arc<BatchManager>,
     /// Storage.
@@ -57,12 +60,7 @@ pub struct ApiState {
 
 impl ApiState {
     async fn store(&self, tenant: &TenantId, config: &Tenant) -> Result<Arc<dyn TenantStore>, ApiError> {
-        let storage = TenantStorage {
-            tenant: tenant.clone(),
-            replication_class: config.cassandra_class,
-            replication_factor: config.replication_factor,
-        };
-        Ok(self.dms.open_tenant(&storage).await?)
+        Ok(self.dms.open_tenant(&TenantStorage::of(tenant, config)).await?)
     }
 }
 

@@ -64,8 +64,9 @@ fn tenant_stats_json(
     value["files_in_flight"] = state.tracker.in_flight(id).into();
     value["max_files_number"] = tenant.max_files_number.into();
     value["max_memory_size"] = tenant.max_memory_size.into();
-    if let Some(stored) = state.tracker.stored_bytes(id) {
-        value["storage_used_bytes"] = stored.into();
+    if let Some(usage) = state.usage.known(id) {
+        value["storage_used_bytes"] = usage.storage_used_bytes.into();
+        value["storage_measured_at"] = usage.storage_measured_at.into();
     }
     value
 }

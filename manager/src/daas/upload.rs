@@ -15,6 +15,7 @@ use hyper::{Request, Response, StatusCode, header};
 
 use super::{ApiError, ApiState, auth, json, query};
 use crate::batch::UploadReservation;
+use crate::coredms::TenantStorage;
 use crate::staging::{IncomingFile, UploadMeta, unix_now};
 use crate::telemetry::{FileAccepted, UploadRefused};
 use crate::tenants::{FileType, Tenant, TenantId};
@@ -22,6 +23,10 @@ use crate::tenants::{FileType, Tenant, TenantId};
 const TYPE_NOT_ALLOWED: &str = "File type not allowed for client";
 const TOO_MANY_FILES: &str = "Maximum number of files uploaded";
 const NO_SPACE: &str = "There is not enough memory on the client disk for the file.";
+
+/// When a tenant over its quota may try again: usage falls only when data is removed or the
+/// quota raised, which a client cannot see coming.
+const QUOTA_RETRY_AFTER: Duration = Duration::from_secs(60);
 
 fn too_large(size: u64, max: u64) -> ApiError {
     ApiError::new(
@@ -248,11 +253,7 @@ fn file_type(name: &str, explicit: Option<&String>, tenant: &Tenant) -> Result<F
 
 /// An upload being received, with the tenant's limits.
 struct Receiving {
-    tenant: TenantId,
     max_file_size: u64,
-    max_memory_size: u64,
-    stored_bytes: u64,
-    tracker: std::sync::Arc<crate::batch::FileTracker>,
     reservation: UploadReservation,
     incoming: IncomingFile,
 }
@@ -277,39 +278,24 @@ impl Receiving {
                 ApiError::new(StatusCode::TOO_MANY_REQUESTS, TOO_MANY_FILES)
                     .retry_after(std::time::Duration::from_secs(10))
             })?;
-        let stored_bytes = match state.tracker.stored_bytes(tenant_id) {
-            Some(bytes) => bytes,
-            None => {
-                let bytes = state.store(tenant_id, tenant).await?.stored_bytes().await?;
-                state.tracker.set_stored_bytes(tenant_id, bytes);
-                bytes
-            }
-        };
-        let pending = state.tracker.pending_bytes(tenant_id);
-        if stored_bytes + pending + declared_size.unwrap_or(0) > tenant.max_memory_size {
-            return Err(ApiError::new(StatusCode::INSUFFICIENT_STORAGE, NO_SPACE));
+        let storage = TenantStorage::of(tenant_id, tenant);
+        if let Err(over) = state.usage.check_quota(&storage, tenant.max_memory_size).await? {
+            log::info!("upload refused: {over}");
+            return Err(ApiError::new(StatusCode::INSUFFICIENT_STORAGE, NO_SPACE).retry_after(QUOTA_RETRY_AFTER));
         }
         let incoming = state.staging.begin(tenant_id, file_type)?;
         Ok(Receiving {
-            tenant: tenant_id.clone(),
             max_file_size: tenant.max_file_size,
-            max_memory_size: tenant.max_memory_size,
-            stored_bytes,
-            tracker: std::sync::Arc::clone(&state.tracker),
             reservation,
             incoming,
         })
     }
 
-    /// Takes a chunk of the body, or stops the upload at a limit.
+    /// Takes a chunk of the body, or stops the upload at the size limit.
     fn chunk(&mut self, data: &[u8]) -> Result<(), ApiError> {
         let size = self.incoming.written() + data.len() as u64;
         if size > self.max_file_size {
             return Err(too_large(size, self.max_file_size));
-        }
-        self.reservation.add_bytes(data.len() as u64);
-        if self.stored_bytes + self.tracker.pending_bytes(&self.tenant) > self.max_memory_size {
-            return Err(ApiError::new(StatusCode::INSUFFICIENT_STORAGE, NO_SPACE));
         }
         self.incoming.write(data)?;
         Ok(())

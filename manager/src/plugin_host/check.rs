@@ -22,11 +22,17 @@ pub struct CheckReport {
     pub manifest: Option<PluginManifest>,
     /// `Ok` if the platform would load it as the plugin its name says; otherwise why not.
     pub verdict: Result<(), String>,
+    /// Further findings, one line each (what loading it would do to a platform's storage).
+    pub notes: Vec<String>,
 }
 
-/// Checks a plugin file: its name, the ABI checks of the loader, its manifest.
-pub fn check_file(path: &Path) -> CheckReport {
-    let id = PluginId::from_path(path);
+/// Checks a plugin file: its name (or `deployed_as`, the file name it will have in
+/// `plugins/`), the ABI checks of the loader, its manifest.
+pub fn check_file(path: &Path, deployed_as: Option<&str>) -> CheckReport {
+    let id = match deployed_as {
+        Some(name) => PluginId::from_file_name(name),
+        None => PluginId::from_path(path),
+    };
     let sha256 = hash_file(path).ok();
     let file = path.to_path_buf();
     let loaded = std::thread::spawn(move || {
@@ -61,6 +67,7 @@ pub fn check_file(path: &Path) -> CheckReport {
         id,
         manifest,
         verdict,
+        notes: Vec::new(),
     }
 }
 
@@ -106,6 +113,9 @@ impl fmt::Display for CheckReport {
                     )?;
                 }
             }
+        }
+        for note in &self.notes {
+            writeln!(f, "{note}")?;
         }
         match &self.verdict {
             Ok(()) => writeln!(

@@ -39,7 +39,7 @@ use crate::tenants::watch::TenantsHandle;
 use crate::tenants::{FileType, TenantId, Tenants};
 
 /// Settings of the plugin host.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct PluginHostConfig {
     /// Where operators drop `.so` files.
     pub plugins_dir: PathBuf,
@@ -51,6 +51,9 @@ pub struct PluginHostConfig {
     pub debounce: Duration,
     /// Whether to watch `plugins/` (tests drive [`PluginHost::reconcile_now`] instead).
     pub watch: bool,
+    /// What a new version must pass before it takes work (none: every loadable version is
+    /// admitted).
+    pub admission: Option<Arc<dyn Admission>>,
 }
 
 /// Why no plugin can take a piece of work.
@@ -86,7 +89,33 @@ pub struct LoadFailure {
     pub error: String,
     /// When (seconds since the epoch).
     pub at: f64,
+    /// When the same content is tried again (a failure that may pass: storage was unreachable);
+    /// `None`: only a new content is tried.
+    #[serde(skip)]
+    pub retry_at: Option<std::time::Instant>,
 }
+
+/// Decides whether a newly loaded version may take work: the platform checks its tables
+/// against its tenant's storage and applies what can be applied (new tables, added nullable
+/// columns) before the version replaces the one in service. The plugin host itself knows
+/// nothing of storage.
+pub trait Admission: Send + Sync {
+    /// `dropped` lists the `(table, column)` pairs that the version in service declared and the
+    /// new one does not.
+    fn admit(&self, tenant: &TenantId, tables: &[TableSchema], dropped: &[(String, String)]) -> Result<(), Refusal>;
+}
+
+/// Why a version was not admitted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// It cannot take work (its tables cannot be applied): the version in service stays.
+    Refused(String),
+    /// It could not be checked now (storage unreachable): tried again later.
+    Unavailable(String),
+}
+
+/// How long a version that could not be checked waits before it is tried again.
+const ADMISSION_RETRY: Duration = Duration::from_secs(5);
 
 #[derive(Default)]
 struct Slot {
@@ -306,10 +335,12 @@ impl Drop for PluginHost {
 
 fn host_loop(shared: &Shared, commands: &mpsc::Receiver<Command>) {
     loop {
-        let idle = if shared.retiring.lock().unwrap_or_else(|e| e.into_inner()).is_empty() {
-            Duration::from_secs(3600)
-        } else {
+        let idle = if !shared.retiring.lock().unwrap_or_else(|e| e.into_inner()).is_empty() {
             Duration::from_millis(25)
+        } else {
+            next_retry(shared).map_or(Duration::from_secs(3600), |at| {
+                at.saturating_duration_since(std::time::Instant::now())
+            })
         };
         match commands.recv_timeout(idle) {
             Ok(Command::Reconcile(ack)) => {
@@ -336,9 +367,20 @@ fn host_loop(shared: &Shared, commands: &mpsc::Receiver<Command>) {
             }
             Ok(Command::Shutdown(grace)) => return shut_down(shared, grace),
             Err(RecvTimeoutError::Disconnected) => return shut_down(shared, Duration::from_secs(60)),
-            Err(RecvTimeoutError::Timeout) => reap(shared),
+            Err(RecvTimeoutError::Timeout) => {
+                if next_retry(shared).is_some_and(|at| at <= std::time::Instant::now()) {
+                    reconcile(shared);
+                }
+                reap(shared);
+            }
         }
     }
+}
+
+/// The earliest time a failed load is due to be tried again.
+fn next_retry(shared: &Shared) -> Option<std::time::Instant> {
+    let slots = shared.slots.read().unwrap_or_else(|e| e.into_inner());
+    slots.values().filter_map(|s| s.failure.as_ref()?.retry_at).min()
 }
 
 fn shut_down(shared: &Shared, grace: Duration) {
@@ -476,14 +518,16 @@ fn reconcile(shared: &Shared) {
         {
             let slots = shared.slots.read().unwrap_or_else(|e| e.into_inner());
             if let Some(slot) = slots.get(id) {
+                let due = |f: &LoadFailure| f.retry_at.is_some_and(|at| at <= std::time::Instant::now());
                 let unchanged = slot.current.as_ref().is_some_and(|v| v.sha256 == sha256)
-                    || slot.failure.as_ref().is_some_and(|f| f.sha256 == sha256);
+                    || slot.failure.as_ref().is_some_and(|f| f.sha256 == sha256 && !due(f));
                 if unchanged {
                     continue;
                 }
             }
         }
-        match load_version(shared, id, path, &sha256) {
+        let loaded = load_version(shared, id, path, &sha256).and_then(|version| admit(shared, id, version));
+        match loaded {
             Ok(version) => {
                 let mut slots = shared.slots.write().unwrap_or_else(|e| e.into_inner());
                 let slot = slots.entry(id.clone()).or_default();
@@ -513,10 +557,12 @@ fn reconcile(shared: &Shared) {
                     ),
                 }
             }
-            Err(error) => {
+            Err((error, retry)) => {
+                let retry_at = retry.then(|| std::time::Instant::now() + ADMISSION_RETRY);
                 log::error!(
-                    "plugin load failed: plugin={id} file={} error={error:?}",
-                    path.display()
+                    "plugin load failed: plugin={id} file={} error={error:?}{}",
+                    path.display(),
+                    if retry { "; tried again soon" } else { "" }
                 );
                 let mut slots = shared.slots.write().unwrap_or_else(|e| e.into_inner());
                 let slot = slots.entry(id.clone()).or_default();
@@ -524,10 +570,50 @@ fn reconcile(shared: &Shared) {
                     sha256,
                     error,
                     at: unix_seconds(SystemTime::now()),
+                    retry_at,
                 });
             }
         }
     }
+}
+
+/// Runs a loaded version through the admission; a version refused (or not checkable now) is
+/// unloaded again, and `Err` carries why and whether to try again.
+fn admit(shared: &Shared, id: &PluginId, version: Arc<PluginVersion>) -> Result<Arc<PluginVersion>, (String, bool)> {
+    let Some(admission) = &shared.config.admission else {
+        return Ok(version);
+    };
+    let dropped = {
+        let slots = shared.slots.read().unwrap_or_else(|e| e.into_inner());
+        match slots.get(id).and_then(|s| s.current.as_ref()) {
+            Some(current) => dropped_columns(&current.manifest.tables, &version.manifest.tables),
+            None => Vec::new(),
+        }
+    };
+    let refusal = match admission.admit(&id.tenant, &version.manifest.tables, &dropped) {
+        Ok(()) => return Ok(version),
+        Err(Refusal::Refused(reason)) => (format!("its tables cannot be applied: {reason}"), false),
+        Err(Refusal::Unavailable(reason)) => (format!("its tables could not be checked: {reason}"), true),
+    };
+    version.retire();
+    shared.retiring.lock().unwrap_or_else(|e| e.into_inner()).push(version);
+    Err(refusal)
+}
+
+/// The `(table, column)` pairs of `old` tables that `new` no longer declares.
+pub fn dropped_columns(old: &[TableSchema], new: &[TableSchema]) -> Vec<(String, String)> {
+    let mut dropped = Vec::new();
+    for table in old {
+        let Some(next) = new.iter().find(|t| t.name == table.name) else {
+            continue;
+        };
+        for column in &table.columns {
+            if !next.columns.iter().any(|c| c.name == column.name) {
+                dropped.push((table.name.clone(), column.name.clone()));
+            }
+        }
+    }
+    dropped
 }
 
 /// SHA-256 of a file, cached by size and modification time.
@@ -565,13 +651,23 @@ pub fn hash_file(path: &Path) -> std::io::Result<String> {
 
 /// Loads `path` as a new version of `id`: private copy, load and manifest on a thread that is
 /// joined before anything else happens, then the manifest is checked against the file name.
-fn load_version(shared: &Shared, id: &PluginId, path: &Path, sha256: &str) -> Result<Arc<PluginVersion>, String> {
+fn load_version(
+    shared: &Shared,
+    id: &PluginId,
+    path: &Path,
+    sha256: &str,
+) -> Result<Arc<PluginVersion>, (String, bool)> {
     let generation = shared.next_generation.fetch_add(1, Ordering::Relaxed);
     let copy = shared
         .config
         .cache_dir
         .join(format!("{}.g{generation}.{}.so", id, &sha256[..12]));
-    std::fs::copy(path, &copy).map_err(|e| format!("cannot copy {} to {}: {e}", path.display(), copy.display()))?;
+    std::fs::copy(path, &copy).map_err(|e| {
+        (
+            format!("cannot copy {} to {}: {e}", path.display(), copy.display()),
+            true,
+        )
+    })?;
     // Messages name the operator's file, not the private copy.
     let outcome = load_and_check(id, &copy, sha256)
         .map_err(|e| e.replace(&copy.display().to_string(), &path.display().to_string()));
@@ -587,7 +683,7 @@ fn load_version(shared: &Shared, id: &PluginId, path: &Path, sha256: &str) -> Re
         ))),
         Err(error) => {
             let _ = std::fs::remove_file(&copy);
-            Err(error)
+            Err((error, false))
         }
     }
 }

@@ -92,8 +92,11 @@ pub struct FileReport {
     pub plugin_generation: Option<u64>,
     /// CPU seconds the plugin used on this file.
     pub plugin_cpu_seconds: f64,
-    /// Accounting bytes stored.
-    pub bytes_stored: u64,
+    /// Accounting bytes written by this file ([`crate::coredms::Value::logical_bytes`]); a
+    /// re-ingest writes them again. What the tenant's data occupies is its usage
+    /// (`storage_used_bytes` in its statistics).
+    #[serde(alias = "bytes_stored")]
+    pub bytes_written: u64,
     /// The storage backend.
     pub backend: String,
     /// Ingestion attempts (more than 1 after a restart or a storage outage).

@@ -18,7 +18,7 @@ pub struct IngestStats {
     rows_failed: u64,
     bytes_received: u64,
     bytes_ingested: u64,
-    bytes_stored: u64,
+    bytes_written: u64,
     ingest_seconds: f64,
     plugin_cpu_seconds: f64,
     recent_ingest_times: VecDeque<f64>,
@@ -39,8 +39,9 @@ pub struct StatsSnapshot {
     pub bytes_received: u64,
     /// Bytes of files ingested.
     pub bytes_ingested: u64,
-    /// Accounting bytes stored.
-    pub bytes_stored: u64,
+    /// Accounting bytes written (re-ingests count again; `storage_used_bytes` is what the
+    /// data occupies).
+    pub bytes_written: u64,
     /// Median ingest time of recent files, seconds.
     pub ingest_time_p50: f64,
     /// 95th percentile ingest time of recent files, seconds.
@@ -66,7 +67,7 @@ impl IngestStats {
         if report.status == FileOutcome::Done {
             self.bytes_ingested += report.file_size;
         }
-        self.bytes_stored += report.bytes_stored;
+        self.bytes_written += report.bytes_written;
         self.ingest_seconds += report.ingest_time;
         self.plugin_cpu_seconds += report.plugin_cpu_seconds;
         if self.recent_ingest_times.len() == SAMPLES {
@@ -83,7 +84,7 @@ impl IngestStats {
         self.rows_failed += other.rows_failed;
         self.bytes_received += other.bytes_received;
         self.bytes_ingested += other.bytes_ingested;
-        self.bytes_stored += other.bytes_stored;
+        self.bytes_written += other.bytes_written;
         self.ingest_seconds += other.ingest_seconds;
         self.plugin_cpu_seconds += other.plugin_cpu_seconds;
         self.recent_ingest_times
@@ -108,7 +109,7 @@ impl IngestStats {
             rows_failed: self.rows_failed,
             bytes_received: self.bytes_received,
             bytes_ingested: self.bytes_ingested,
-            bytes_stored: self.bytes_stored,
+            bytes_written: self.bytes_written,
             ingest_time_p50: percentile(&times, 0.50),
             ingest_time_p95: percentile(&times, 0.95),
             rows_per_second: rate(self.rows_ingested),

@@ -5,6 +5,7 @@
 mod count;
 mod read;
 mod schema;
+mod size;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -15,8 +16,12 @@ use scylla::statement::prepared::PreparedStatement;
 use super::Shared;
 use super::retry::{self, Context};
 use super::values::{decode_page_token, qualified};
-use crate::coredms::{Page, Rows, StoreError, StoreErrorKind, TableSchema, TenantStore, Written, find_table};
+use crate::coredms::{
+    Page, Rows, StoreError, StoreErrorKind, TableChange, TableSchema, TenantStore, Written, check_declaration,
+    find_table,
+};
 use crate::tenants::TenantId;
+use schema::insert_statement;
 
 /// The most rows one page holds.
 const MAX_PAGE_ROWS: usize = 10_000;
@@ -35,8 +40,8 @@ pub(super) struct CassandraTenant {
 struct KeyspaceStatements {
     list_tables: PreparedStatement,
     claim_table: PreparedStatement,
-    record_usage: PreparedStatement,
-    read_usage: PreparedStatement,
+    /// Replaces a declaration, if it is still the one read (a lightweight transaction).
+    update_table: PreparedStatement,
 }
 
 /// A declared table and its prepared statements.
@@ -45,6 +50,10 @@ struct TableHandle {
     insert: PreparedStatement,
     select: PreparedStatement,
     count: PreparedStatement,
+    /// A few rows from a token on: the sample behind the size of a table.
+    sample: PreparedStatement,
+    /// INSERTs of fewer columns than the table's, by column list.
+    inserts: Mutex<HashMap<Vec<String>, PreparedStatement>>,
 }
 
 impl CassandraTenant {
@@ -52,17 +61,10 @@ impl CassandraTenant {
     pub(super) async fn open(shared: Arc<Shared>, tenant: TenantId, keyspace: String) -> Result<Self, StoreError> {
         let context = Context::new(&tenant, "preparing its keyspace").on(&keyspace);
         let tables = qualified(&keyspace, "mysimbdp_tables");
-        let usage = qualified(&keyspace, "mysimbdp_usage");
         {
             let _schema = shared.schema_lock.lock().await;
-            for statement in [
-                format!("CREATE TABLE IF NOT EXISTS {tables} (\"name\" text PRIMARY KEY, \"schema\" text)"),
-                format!(
-                    "CREATE TABLE IF NOT EXISTS {usage} (\"source\" text PRIMARY KEY, \"rows\" bigint, \"bytes\" bigint)"
-                ),
-            ] {
-                retry::schema_change(&shared, &context, &statement).await?;
-            }
+            let statement = format!("CREATE TABLE IF NOT EXISTS {tables} (\"name\" text PRIMARY KEY, \"schema\" text)");
+            retry::schema_change(&shared, &context, &statement).await?;
         }
         let prepare = |statement: String| prepare(&shared, &context, statement);
         let statements = KeyspaceStatements {
@@ -71,11 +73,10 @@ impl CassandraTenant {
                 "INSERT INTO {tables} (\"name\", \"schema\") VALUES (?, ?) IF NOT EXISTS"
             ))
             .await?,
-            record_usage: prepare(format!(
-                "INSERT INTO {usage} (\"source\", \"rows\", \"bytes\") VALUES (?, ?, ?)"
+            update_table: prepare(format!(
+                "UPDATE {tables} SET \"schema\" = ? WHERE \"name\" = ? IF \"schema\" = ?"
             ))
             .await?,
-            read_usage: prepare(format!("SELECT \"bytes\" FROM {usage}")).await?,
         };
         Ok(CassandraTenant {
             shared,
@@ -102,6 +103,34 @@ impl CassandraTenant {
     fn cached(&self, name: &str) -> Option<Arc<TableHandle>> {
         self.tables.lock().unwrap_or_else(|e| e.into_inner()).get(name).cloned()
     }
+
+    /// The handle of a declared table, read and prepared again.
+    async fn refresh(&self, name: &str) -> Result<Arc<TableHandle>, StoreError> {
+        let tables = self.declared_tables().await?;
+        let schema = find_table(&tables, &self.tenant, name)?;
+        self.prepare_table(schema).await
+    }
+
+    /// The INSERT of the columns `rows` declares: the table's own when they are its columns in
+    /// its order, else one prepared for them (a version that leaves out columns).
+    async fn insert_for(&self, handle: &TableHandle, rows: &TableSchema) -> Result<PreparedStatement, StoreError> {
+        if handle.schema.columns == rows.columns {
+            return Ok(handle.insert.clone());
+        }
+        let names: Vec<String> = rows.columns.iter().map(|c| c.name.clone()).collect();
+        if let Some(insert) = handle.inserts.lock().unwrap_or_else(|e| e.into_inner()).get(&names) {
+            return Ok(insert.clone());
+        }
+        let context = Context::new(&self.tenant, "preparing statements").on(&rows.name);
+        let mut insert = prepare(&self.shared, &context, insert_statement(&self.keyspace, rows)).await?;
+        insert.set_is_idempotent(true);
+        handle
+            .inserts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(names, insert.clone());
+        Ok(insert)
+    }
 }
 
 #[async_trait]
@@ -110,21 +139,52 @@ impl TenantStore for CassandraTenant {
         &self.tenant
     }
 
-    async fn ensure_table(&self, table: &TableSchema) -> Result<(), StoreError> {
-        if let Some(handle) = self.cached(&table.name) {
-            return same_schema(&self.tenant, &handle.schema, table);
+    async fn ensure_table(&self, table: &TableSchema) -> Result<TableChange, StoreError> {
+        if let Some(handle) = self.cached(&table.name)
+            && handle.schema.accepts(table).is_ok()
+        {
+            return Ok(TableChange::Unchanged);
         }
-        self.claim_and_create(table).await?;
-        self.prepare_table(table).await.map(|_| ())
+        let (change, stored) = self.create_or_evolve(table).await?;
+        self.prepare_table(&stored).await?;
+        Ok(change)
+    }
+
+    async fn check_table(&self, table: &TableSchema) -> Result<TableChange, StoreError> {
+        check_declaration(&self.tenant, table)?;
+        let tables = self.declared_tables().await?;
+        let Some(stored) = tables.iter().find(|t| t.name == table.name) else {
+            return Ok(TableChange::Create);
+        };
+        match stored.evolve_to(table) {
+            Ok(added) if added.is_empty() => Ok(TableChange::Unchanged),
+            Ok(added) => Ok(TableChange::AddColumns(added)),
+            Err(reason) => Err(cannot_take(&self.tenant, &reason)),
+        }
+    }
+
+    async fn column_has_data(&self, table: &str, column: &str) -> Result<bool, StoreError> {
+        let handle = self.table(table).await?;
+        self.any_value(&handle, column).await
     }
 
     async fn write(&self, rows: Rows) -> Result<Written, StoreError> {
         if rows.is_empty() {
             return Ok(Written::default());
         }
-        let handle = self.table(&rows.table.name).await?;
-        same_schema(&self.tenant, &handle.schema, &rows.table)?;
-        self.write_rows(&rows, &handle.insert).await
+        let mut handle = self.table(&rows.table.name).await?;
+        if handle.schema.accepts(&rows.table).is_err() {
+            // The table may have been evolved elsewhere since it was prepared here.
+            handle = self.refresh(&rows.table.name).await?;
+        }
+        handle.schema.accepts(&rows.table).map_err(|reason| {
+            StoreError::new(
+                StoreErrorKind::Schema,
+                format!("tenant {}: rows do not fit their table: {reason}", self.tenant),
+            )
+        })?;
+        let insert = self.insert_for(&handle, &rows.table).await?;
+        self.write_rows(&rows, &insert).await
     }
 
     async fn tables(&self) -> Result<Vec<TableSchema>, StoreError> {
@@ -144,48 +204,22 @@ impl TenantStore for CassandraTenant {
         self.count_rows(&handle).await
     }
 
-    async fn record_usage(&self, source: &str, rows: u64, bytes: u64) -> Result<(), StoreError> {
-        let context = Context::new(&self.tenant, "recording usage").on(source);
-        let as_bigint =
-            |n: u64| i64::try_from(n).map_err(|_| context.error(StoreErrorKind::Invalid, format!("{n} is too large")));
-        let values = (source, as_bigint(rows)?, as_bigint(bytes)?);
-        let statement = &self.statements.record_usage;
-        retry::with_retries(&self.shared, &context, || {
-            self.shared.session.execute_unpaged(statement, &values)
-        })
-        .await
-        .map(|_| ())
+    async fn flush(&self) -> Result<(), StoreError> {
+        // Every write returned only once acknowledged at the configured consistency.
+        Ok(())
     }
 
     async fn stored_bytes(&self) -> Result<u64, StoreError> {
-        let context = Context::new(&self.tenant, "reading usage").on(&self.keyspace);
-        let mut total: u64 = 0;
-        self.scan(&self.statements.read_usage, &context, |row| {
-            let bytes = match row.columns.first() {
-                Some(Some(scylla::value::CqlValue::BigInt(n))) => *n,
-                _ => 0,
-            };
-            total = total.saturating_add(u64::try_from(bytes).unwrap_or(0));
-            Ok(())
-        })
-        .await?;
-        Ok(total)
+        self.measure_size().await
     }
 }
 
-/// A Schema error if `wanted` is not the declared schema.
-fn same_schema(tenant: &TenantId, declared: &TableSchema, wanted: &TableSchema) -> Result<(), StoreError> {
-    if declared == wanted {
-        return Ok(());
-    }
-    Err(StoreError::new(
+/// The Schema error of a declaration the stored table cannot take.
+fn cannot_take(tenant: &TenantId, reason: &str) -> StoreError {
+    StoreError::new(
         StoreErrorKind::Schema,
-        format!(
-            "tenant {tenant} already has a table {} with another schema: {}",
-            declared.name,
-            declared.difference(wanted)
-        ),
-    ))
+        format!("tenant {tenant}: the stored table cannot take this declaration: {reason}"),
+    )
 }
 
 async fn prepare(shared: &Shared, context: &Context, statement: String) -> Result<PreparedStatement, StoreError> {

@@ -9,7 +9,7 @@ use scylla::value::{CqlValue, Row};
 
 use super::{CassandraTenant, TableHandle};
 use crate::coredms::cassandra::retry::{self, Context};
-use crate::coredms::cassandra::values::{decode, encode_page_token};
+use crate::coredms::cassandra::values::{decode, encode_page_token, qualified, quoted};
 use crate::coredms::{Page, StoreError, StoreErrorKind, TableSchema, Value};
 
 /// Page size of whole scans.
@@ -30,7 +30,7 @@ impl CassandraTenant {
             let table: TableSchema =
                 serde_json::from_str(&schema).map_err(|e| format!("table {name} has a corrupt schema: {e}"))?;
             tables.push(table);
-            Ok(())
+            Ok(true)
         })
         .await?;
         tables.sort_by(|a, b| a.name.cmp(&b.name));
@@ -38,12 +38,12 @@ impl CassandraTenant {
     }
 
     /// Runs `statement` (no bound values) over all its pages, each page retried on its own,
-    /// handing each row to `each`.
+    /// handing each row to `each`, until `each` answers `false` (stop) or the rows end.
     pub(super) async fn scan(
         &self,
         statement: &PreparedStatement,
         context: &Context,
-        mut each: impl FnMut(Row) -> Result<(), String>,
+        mut each: impl FnMut(Row) -> Result<bool, String>,
     ) -> Result<(), StoreError> {
         let mut statement = statement.clone();
         statement.set_page_size(SCAN_PAGE_ROWS);
@@ -54,13 +54,43 @@ impl CassandraTenant {
             })
             .await?;
             for row in result_rows(result, context)? {
-                each(row).map_err(|e| context.error(StoreErrorKind::Internal, e))?;
+                if !each(row).map_err(|e| context.error(StoreErrorKind::Internal, e))? {
+                    return Ok(());
+                }
             }
             match response {
                 PagingStateResponse::HasMorePages { state: next } => state = next,
                 PagingStateResponse::NoMorePages => return Ok(()),
             }
         }
+    }
+
+    /// Whether any row of the table has a value in `column` (a scan that stops at the first).
+    pub(super) async fn any_value(&self, handle: &TableHandle, column: &str) -> Result<bool, StoreError> {
+        if !handle.schema.columns.iter().any(|c| c.name == column) {
+            return Ok(false);
+        }
+        let context = Context::new(&self.tenant, "looking for data in a column").on(&handle.schema.name);
+        let statement = format!(
+            "SELECT {} FROM {}",
+            quoted(column),
+            qualified(&self.keyspace, &handle.schema.name)
+        );
+        let statement = retry::with_retries(&self.shared, &context, || async {
+            self.shared
+                .session
+                .prepare(statement.as_str())
+                .await
+                .map_err(Into::into)
+        })
+        .await?;
+        let mut found = false;
+        self.scan(&statement, &context, |row| {
+            found = row.columns.first().is_some_and(Option::is_some);
+            Ok(!found)
+        })
+        .await?;
+        Ok(found)
     }
 
     /// Reads one page of `limit` rows starting at `paging_state`, topping it up when Cassandra
@@ -100,7 +130,7 @@ impl CassandraTenant {
 }
 
 /// The rows of a result, untyped.
-fn result_rows(result: QueryResult, context: &Context) -> Result<Vec<Row>, StoreError> {
+pub(super) fn result_rows(result: QueryResult, context: &Context) -> Result<Vec<Row>, StoreError> {
     let internal = |e: &dyn std::fmt::Display| context.error(StoreErrorKind::Internal, e);
     let result = result.into_rows_result().map_err(|e| internal(&e))?;
     let rows = result.rows::<Row>().map_err(|e| internal(&e))?;
@@ -108,7 +138,7 @@ fn result_rows(result: QueryResult, context: &Context) -> Result<Vec<Row>, Store
 }
 
 /// A result row as values of the declared column types.
-fn decode_row(schema: &TableSchema, row: Row) -> Result<Vec<Value>, String> {
+pub(super) fn decode_row(schema: &TableSchema, row: Row) -> Result<Vec<Value>, String> {
     if row.columns.len() != schema.columns.len() {
         return Err(format!(
             "{} columns for {} declared",

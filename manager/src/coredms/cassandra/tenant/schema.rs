@@ -1,37 +1,129 @@
-//! Creating tables. The declared schema is claimed first, with a lightweight transaction on
-//! `mysimbdp_tables` (`INSERT ... IF NOT EXISTS`), so that of two creators with different schemas
-//! exactly one wins and the other gets a Schema error; only then is the CQL table created
-//! (`IF NOT EXISTS`, so a creator that died between the two steps is finished by the next).
+//! Creating and evolving tables. The declared schema is claimed first, with a lightweight
+//! transaction on `mysimbdp_tables` (`INSERT ... IF NOT EXISTS`), so that of two creators with
+//! different schemas exactly one wins; only then is the CQL table created (`IF NOT EXISTS`, so a
+//! creator that died between the two steps is finished by the next). A declaration that adds
+//! nullable columns to a stored table evolves it: `ALTER TABLE ... ADD` for each, then the stored
+//! declaration is replaced with another lightweight transaction that applies only if it is still
+//! the one read (two evolvers agree, the loser reads the winner's and evolves from it).
 //! A reader that finds a declaration it has not seen before finishes the creation too
 //! ([`CassandraTenant::finish_creation`]): the creator may still be between its two steps, in
 //! which case the reader waits for it on the schema lock, or may have died there.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
+use scylla::errors::{DbError, ExecutionError, RequestAttemptError};
 use scylla::value::CqlValue;
 
-use super::{CassandraTenant, TableHandle, prepare, same_schema};
+use super::{CassandraTenant, TableHandle, cannot_take, prepare};
 use crate::coredms::cassandra::retry::{self, Context};
 use crate::coredms::cassandra::values::{cql_type, qualified, quoted};
-use crate::coredms::{StoreError, StoreErrorKind, TableSchema, check_declaration};
+use crate::coredms::{StoreError, StoreErrorKind, TableChange, TableSchema, check_declaration};
+
+/// Times a declaration is read again when another evolver replaced it first.
+const MAX_EVOLVE_ROUNDS: usize = 5;
 
 impl CassandraTenant {
-    /// Claims the table's name for `table` (or finds the schema that has it) and creates it.
-    pub(super) async fn claim_and_create(&self, table: &TableSchema) -> Result<(), StoreError> {
+    /// Claims the table's name for `table` and creates it, or evolves the table that has it.
+    /// Returns what changed and the declaration now stored.
+    pub(super) async fn create_or_evolve(&self, table: &TableSchema) -> Result<(TableChange, TableSchema), StoreError> {
         check_declaration(&self.tenant, table)?;
         let context = Context::new(&self.tenant, "creating a table").on(&table.name);
         let started = std::time::Instant::now();
         let _schema = self.shared.schema_lock.lock().await;
-        let declared = self.claim(table, &context).await?;
-        same_schema(&self.tenant, &declared, table)?;
-        retry::schema_change(&self.shared, &context, &create_table(&self.keyspace, table)).await?;
-        log::info!(
-            "cassandra: tenant={} table={} ensured ms={}",
-            self.tenant,
-            table.name,
-            started.elapsed().as_millis()
+        let (claimed, mut stored) = self.claim(table, &context).await?;
+        // Also finishes a creation whose creator died between its two steps.
+        retry::schema_change(&self.shared, &context, &create_table(&self.keyspace, &stored)).await?;
+        if claimed {
+            log::info!(
+                "cassandra: tenant={} table={} created ms={}",
+                self.tenant,
+                table.name,
+                started.elapsed().as_millis()
+            );
+            return Ok((TableChange::Create, stored));
+        }
+        for _ in 0..MAX_EVOLVE_ROUNDS {
+            let added = stored
+                .evolve_to(table)
+                .map_err(|reason| cannot_take(&self.tenant, &reason))?;
+            if added.is_empty() {
+                return Ok((TableChange::Unchanged, stored));
+            }
+            let context = Context::new(&self.tenant, "adding columns").on(&table.name);
+            for column in &added {
+                self.add_column(&stored, column, &context).await?;
+            }
+            let evolved = stored.with_columns(&added);
+            match self.replace_declaration(&stored, &evolved, &context).await? {
+                None => {
+                    log::info!(
+                        "cassandra: tenant={} table={} added columns {} ms={}",
+                        self.tenant,
+                        table.name,
+                        added.iter().map(|c| c.name.as_str()).collect::<Vec<_>>().join(","),
+                        started.elapsed().as_millis()
+                    );
+                    return Ok((TableChange::AddColumns(added), evolved));
+                }
+                Some(newer) => stored = newer,
+            }
+        }
+        Err(context.error(
+            StoreErrorKind::Timeout,
+            "its declaration kept changing under concurrent evolvers",
+        ))
+    }
+
+    /// `ALTER TABLE ... ADD`; a column that exists already (another evolver's) is fine.
+    async fn add_column(
+        &self,
+        stored: &TableSchema,
+        column: &crate::coredms::Column,
+        context: &Context,
+    ) -> Result<(), StoreError> {
+        let statement = format!(
+            "ALTER TABLE {} ADD {} {}",
+            qualified(&self.keyspace, &stored.name),
+            quoted(&column.name),
+            cql_type(column.column_type)
         );
-        Ok(())
+        let outcome = retry::retrying(self.shared.config.max_retries, retry::is_transient, || {
+            self.shared.session.query_unpaged(statement.as_str(), &[])
+        })
+        .await;
+        match outcome {
+            Ok(_) => Ok(()),
+            Err((error, _)) if already_exists(&error) => Ok(()),
+            Err((error, attempts)) => Err(context.driver_error(&error, attempts)),
+        }
+    }
+
+    /// Replaces the stored declaration `old` with `new` if it is still `old`; otherwise returns
+    /// the declaration found.
+    async fn replace_declaration(
+        &self,
+        old: &TableSchema,
+        new: &TableSchema,
+        context: &Context,
+    ) -> Result<Option<TableSchema>, StoreError> {
+        let json = |t: &TableSchema| serde_json::to_string(t).map_err(|e| context.error(StoreErrorKind::Internal, e));
+        let (old_json, new_json) = (json(old)?, json(new)?);
+        let values = (new_json.as_str(), old.name.as_str(), old_json.as_str());
+        let statement = &self.statements.update_table;
+        let result = retry::with_retries(&self.shared, context, || {
+            self.shared.session.execute_unpaged(statement, values)
+        })
+        .await?;
+        let (applied, current) = lwt_outcome(result, context)?;
+        if applied {
+            return Ok(None);
+        }
+        current
+            .map(|schema| parse_schema(&schema, context))
+            .transpose()?
+            .map(Some)
+            .ok_or_else(|| context.error(StoreErrorKind::Internal, "the declaration disappeared"))
     }
 
     /// Makes sure the CQL table of a declaration read from `mysimbdp_tables` exists (`CREATE
@@ -43,8 +135,9 @@ impl CassandraTenant {
         retry::schema_change(&self.shared, &context, &create_table(&self.keyspace, declared)).await
     }
 
-    /// Inserts the declaration unless the name is taken; returns the declaration in force.
-    async fn claim(&self, table: &TableSchema, context: &Context) -> Result<TableSchema, StoreError> {
+    /// Inserts the declaration unless the name is taken; returns whether it was inserted and
+    /// the declaration in force.
+    async fn claim(&self, table: &TableSchema, context: &Context) -> Result<(bool, TableSchema), StoreError> {
         let schema = serde_json::to_string(table).map_err(|e| context.error(StoreErrorKind::Internal, e))?;
         let values = (table.name.as_str(), schema.as_str());
         let statement = &self.statements.claim_table;
@@ -52,21 +145,13 @@ impl CassandraTenant {
             self.shared.session.execute_unpaged(statement, values)
         })
         .await?;
-        let internal = |e: &dyn std::fmt::Display| context.error(StoreErrorKind::Internal, e);
-        let rows = result.into_rows_result().map_err(|e| internal(&e))?;
-        let schema_column = rows.column_specs().get_by_name("schema").map(|(i, _)| i);
-        let row = rows.first_row::<scylla::value::Row>().map_err(|e| internal(&e))?;
-        let mut columns = row.columns.into_iter().enumerate();
-        if let Some((_, Some(CqlValue::Boolean(true)))) = columns.next() {
-            return Ok(table.clone());
-        }
-        let existing = columns
-            .find(|(i, _)| Some(*i) == schema_column)
-            .and_then(|(_, value)| value);
-        match existing {
-            Some(CqlValue::Text(existing)) => serde_json::from_str(&existing)
-                .map_err(|e| internal(&format_args!("the declared schema is corrupt: {e}"))),
-            _ => Err(internal(&"the name is taken but its schema could not be read")),
+        match lwt_outcome(result, context)? {
+            (true, _) => Ok((true, table.clone())),
+            (false, Some(existing)) => Ok((false, parse_schema(&existing, context)?)),
+            (false, None) => Err(context.error(
+                StoreErrorKind::Internal,
+                "the name is taken but its schema could not be read",
+            )),
         }
     }
 
@@ -74,9 +159,12 @@ impl CassandraTenant {
     pub(super) async fn prepare_table(&self, schema: &TableSchema) -> Result<Arc<TableHandle>, StoreError> {
         let context = Context::new(&self.tenant, "preparing statements").on(&schema.name);
         let table = qualified(&self.keyspace, &schema.name);
-        let names: Vec<String> = schema.columns.iter().map(|c| quoted(&c.name)).collect();
-        let markers = vec!["?"; names.len()].join(", ");
-        let names = names.join(", ");
+        let names = schema
+            .columns
+            .iter()
+            .map(|c| quoted(&c.name))
+            .collect::<Vec<_>>()
+            .join(", ");
         let token = format!(
             "token({})",
             schema
@@ -86,12 +174,7 @@ impl CassandraTenant {
                 .collect::<Vec<_>>()
                 .join(", ")
         );
-        let mut insert = prepare(
-            &self.shared,
-            &context,
-            format!("INSERT INTO {table} ({names}) VALUES ({markers})"),
-        )
-        .await?;
+        let mut insert = prepare(&self.shared, &context, insert_statement(&self.keyspace, schema)).await?;
         insert.set_is_idempotent(true);
         let select = prepare(&self.shared, &context, format!("SELECT {names} FROM {table}")).await?;
         let count = prepare(
@@ -100,15 +183,77 @@ impl CassandraTenant {
             format!("SELECT COUNT(*) FROM {table} WHERE {token} >= ? AND {token} <= ?"),
         )
         .await?;
+        let sample = prepare(
+            &self.shared,
+            &context,
+            format!(
+                "SELECT {names} FROM {table} WHERE {token} >= ? LIMIT {}",
+                super::size::SAMPLE_ROWS_PER_TOKEN
+            ),
+        )
+        .await?;
         let handle = Arc::new(TableHandle {
             schema: Arc::new(schema.clone()),
             insert,
             select,
             count,
+            sample,
+            inserts: Mutex::new(HashMap::new()),
         });
         let mut tables = self.tables.lock().unwrap_or_else(|e| e.into_inner());
-        Ok(tables.entry(schema.name.clone()).or_insert(handle).clone())
+        tables.insert(schema.name.clone(), Arc::clone(&handle));
+        Ok(handle)
     }
+}
+
+/// The `[applied]` column of a lightweight transaction's answer, and the stored `schema` when
+/// it did not apply.
+fn lwt_outcome(
+    result: scylla::response::query_result::QueryResult,
+    context: &Context,
+) -> Result<(bool, Option<String>), StoreError> {
+    let internal = |e: &dyn std::fmt::Display| context.error(StoreErrorKind::Internal, e);
+    let rows = result.into_rows_result().map_err(|e| internal(&e))?;
+    let schema_column = rows.column_specs().get_by_name("schema").map(|(i, _)| i);
+    let row = rows.first_row::<scylla::value::Row>().map_err(|e| internal(&e))?;
+    let mut columns = row.columns.into_iter().enumerate();
+    let applied = matches!(columns.next(), Some((_, Some(CqlValue::Boolean(true)))));
+    let existing = columns
+        .find(|(i, _)| Some(*i) == schema_column)
+        .and_then(|(_, value)| match value {
+            Some(CqlValue::Text(schema)) => Some(schema),
+            _ => None,
+        });
+    Ok((applied, existing))
+}
+
+fn parse_schema(json: &str, context: &Context) -> Result<TableSchema, StoreError> {
+    serde_json::from_str(json).map_err(|e| {
+        context.error(
+            StoreErrorKind::Internal,
+            format_args!("the declared schema is corrupt: {e}"),
+        )
+    })
+}
+
+/// Cassandra's answer to adding a column that is there already.
+fn already_exists(error: &ExecutionError) -> bool {
+    matches!(
+        error,
+        ExecutionError::LastAttemptError(RequestAttemptError::DbError(DbError::Invalid, message))
+            if message.contains("already exist")
+    )
+}
+
+/// `INSERT INTO "ks"."t" ("a", ...) VALUES (?, ...)` of the columns `table` declares.
+pub(super) fn insert_statement(keyspace: &str, table: &TableSchema) -> String {
+    let names: Vec<String> = table.columns.iter().map(|c| quoted(&c.name)).collect();
+    let markers = vec!["?"; names.len()].join(", ");
+    format!(
+        "INSERT INTO {} ({}) VALUES ({markers})",
+        qualified(keyspace, &table.name),
+        names.join(", ")
+    )
 }
 
 /// `CREATE TABLE IF NOT EXISTS "ks"."t" ("a" text, ..., PRIMARY KEY (("p", ...), "c", ...))`.
