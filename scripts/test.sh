@@ -9,7 +9,8 @@
 #   scripts/test.sh -p datagen   extra arguments go to `cargo test` (without any, the root's
 #                                virtual manifest selects every workspace member)
 #
-# Environment: MYSIMBDP_TEST_PROFILE (release), CARGO_TARGET_DIR, MYSIMBDP_SERVICES_DIR.
+# Environment: MYSIMBDP_TEST_PROFILE (release), CARGO_TARGET_DIR, MYSIMBDP_SERVICES_DIR,
+# MYSIMBDP_FUZZ_SECONDS (60: the budget of each fuzz target).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 profile="${MYSIMBDP_TEST_PROFILE:-release}"
@@ -27,5 +28,7 @@ export MYSIMBDP_REQUIRE_SERVICES=1
 say "services ready: cassandra $MYSIMBDP_TEST_CASSANDRA, kafka $MYSIMBDP_TEST_KAFKA"
 
 say "running the tests"
+# The slow tier: each fuzz target gets a minute (3 s in a plain `cargo test`).
+export MYSIMBDP_FUZZ_SECONDS="${MYSIMBDP_FUZZ_SECONDS:-60}"
 cargo test --no-fail-fast --profile "$profile" "$@" -- --test-threads="${MYSIMBDP_TEST_THREADS:-1}"
 say "all tests passed"

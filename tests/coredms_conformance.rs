@@ -836,6 +836,7 @@ async fn a_tenant_cannot_reach_another_tenants_tables(backend: &Backend) {
 
 async fn stored_bytes_grow_with_new_rows_and_not_with_rewritten_ones(backend: &Backend) {
     let store = backend.tenant().await;
+    assert_eq!(store.stored_bytes().await.unwrap(), 0, "a new tenant stores nothing");
     let t = key_value_table("kv");
     store.ensure_table(&t).await.unwrap();
     let empty = store.stored_bytes().await.unwrap();

@@ -220,7 +220,7 @@ fn each_violation_gets_its_status_and_message_and_leaves_nothing_in_staging() {
         assert_refused(
             &platform,
             platform.upload("nobody", "x", "a.csv", &csv),
-            403,
+            401,
             "Client not found in customer data",
         );
         let response = platform.upload("client1", "lab-token", "a.csv", &csv);

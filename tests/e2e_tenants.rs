@@ -44,7 +44,7 @@ fn removing_a_tenant_unloads_its_plugins_and_refuses_it_and_adding_it_back_loads
     let (status, body) = platform.upload("client1", "client1-token", "a.csv", &small_csv(1));
     assert_eq!(
         (status, body["error"].as_str()),
-        (403, Some("Client not found in customer data"))
+        (401, Some("Client not found in customer data"))
     );
     let txt = Spec::rows(Shape::Client2Txt, 100).to_vec();
     let (status, body) = platform.upload("client2", "client2-token", "t.txt", &txt);
@@ -446,4 +446,43 @@ fn a_version_that_adds_a_nullable_column_evolves_the_table_and_one_that_cannot_b
         assert_eq!(output.status.code(), Some(1), "{text}");
         assert!(text.contains("changes type from bigint to text"), "{text}");
     }
+}
+
+#[test]
+fn bad_edits_with_a_multi_byte_digest_or_a_tenant_given_twice_are_refused_and_later_edits_still_apply() {
+    let (one, two) = (client1(), client2());
+    let platform = Platform::start(Backend::Embedded, &[one.clone(), two.clone()], "");
+    let good = customer_information(&[one.clone(), two.clone()]);
+
+    // A digest with a multi-byte character: refused with its line, the watcher lives on.
+    let digest = mysimbdp::tenants::TokenDigest::of(&one.token()).to_hex();
+    platform.write_customers(&good.replacen(&digest, &format!("é{}", &digest[2..]), 1));
+    assert!(wait_until(Duration::from_secs(10), || {
+        platform.log().contains("is not a SHA-256 digest")
+    }));
+    let log = platform.log();
+    let line = log.lines().find(|l| l.contains("is not a SHA-256 digest")).unwrap();
+    assert!(line.contains("customer_information.json:"), "{line}");
+
+    // client2's entry renamed to client1: a tenant given twice, refused; client2's token still
+    // cannot read client1's data.
+    let renamed = good.replace("\"client2\"", "\"client1\"");
+    platform.write_customers(&renamed);
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            platform.log().contains("tenant client1 is given twice")
+        }),
+        "{}\n{renamed}",
+        platform.tail_log()
+    );
+    let (status, _) = platform.get("/v1/tenants/client1/stats", &two.token());
+    assert_eq!(status, 401, "client2's token reads nothing of client1");
+    assert_eq!(platform.get("/v1/tenants/client2/stats", &two.token()).0, 200);
+
+    // A later valid edit that removes client1 revokes its access.
+    platform.write_customers(&customer_information(std::slice::from_ref(&two)));
+    assert!(wait_until(Duration::from_secs(10), || {
+        platform.get("/v1/tenants/client1/stats", &one.token()).0 == 401
+    }));
+    assert_eq!(platform.get("/v1/tenants/client2/stats", &two.token()).0, 200);
 }

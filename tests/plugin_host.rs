@@ -51,6 +51,7 @@ fn start(tenant_list: &[(&str, &str)]) -> Lab {
             debounce: Duration::from_millis(50),
             watch: false,
             admission: None,
+            preflight: None,
         },
         TenantsHandle::fixed(tenants(tenant_list)),
     )
@@ -302,7 +303,7 @@ fn work_in_flight_finishes_on_the_old_version_while_new_work_goes_to_the_new_one
 
 #[test]
 fn the_check_command_reports_manifest_tables_and_verdict() {
-    let good = mysimbdp::plugin_host::check::check_file(&library("clientbatchingestapp_client1_csv"), None);
+    let good = mysimbdp::plugin_host::check::check_file(&library("clientbatchingestapp_client1_csv"), None, None);
     assert!(good.verdict.is_ok(), "{good}");
     let text = good.to_string();
     assert!(text.contains("tenant=client1 kind=batch file_types=[csv]"), "{text}");
@@ -311,6 +312,6 @@ fn the_check_command_reports_manifest_tables_and_verdict() {
         "{text}"
     );
 
-    let foreign = mysimbdp::plugin_host::check::check_file(&library("foreign_library"), None);
+    let foreign = mysimbdp::plugin_host::check::check_file(&library("foreign_library"), None, None);
     assert!(foreign.verdict.unwrap_err().contains("is not a mysimbdp plugin"));
 }

@@ -44,6 +44,25 @@ pub struct ServerConfig {
     pub listen: SocketAddr,
     /// SHA-256 of the admin token (the environment variable `MYSIMBDP_ADMIN_TOKEN` also sets it).
     pub admin_token_sha256: Option<TokenDigest>,
+    /// SHA-256 of the token `/metrics` requires (the admin token works too); unset, `/metrics`
+    /// answers anyone on the listening address.
+    pub metrics_token_sha256: Option<TokenDigest>,
+    /// Connections held at once, at most (fewer if the descriptor limit leaves less room once
+    /// a reserve for the platform's own files is kept). When all are taken, the oldest idle one
+    /// is closed for a new one.
+    pub max_connections: usize,
+    /// Seconds a client has to send a request's headers, also the longest a kept-alive
+    /// connection may sit idle.
+    pub header_read_timeout_seconds: u64,
+    /// Seconds an upload may send nothing before it is dropped (408).
+    pub upload_idle_timeout_seconds: u64,
+    /// The slowest upload accepted, in bytes per second on average, once it has run for
+    /// `upload_rate_grace_seconds` (408 below it).
+    pub upload_min_bytes_per_second: u64,
+    /// Seconds an upload runs before its rate is checked.
+    pub upload_rate_grace_seconds: u64,
+    /// Reads (tables, rows, counts) of one tenant served at once; more wait, a few, then get 429.
+    pub max_reads_per_tenant: usize,
 }
 
 impl Default for ServerConfig {
@@ -51,6 +70,13 @@ impl Default for ServerConfig {
         ServerConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             admin_token_sha256: None,
+            metrics_token_sha256: None,
+            max_connections: 1024,
+            header_read_timeout_seconds: 10,
+            upload_idle_timeout_seconds: 30,
+            upload_min_bytes_per_second: 1024,
+            upload_rate_grace_seconds: 30,
+            max_reads_per_tenant: 4,
         }
     }
 }

@@ -54,6 +54,13 @@ struct ServeArgs {
 
 #[derive(Subcommand)]
 enum PluginCommand {
+    /// Load a plugin file in this process and read its manifest; exit 1 with the reason if it
+    /// does not load (the platform runs this in a child process before it loads a new file).
+    #[command(hide = true)]
+    Probe {
+        /// The `.so` file.
+        file: PathBuf,
+    },
     /// Print a plugin file's manifest and tables, and whether this platform loads it.
     Check {
         /// The `.so` file.
@@ -86,6 +93,15 @@ fn main() -> ExitCode {
         .init();
     let result = match cli.command {
         Command::Serve(args) => run_async(run_serve(args)),
+        Command::Plugin(PluginCommand::Probe { file }) => {
+            return match mysimbdp::plugin_host::preflight::probe_here(&file) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(reason) => {
+                    println!("{reason}");
+                    ExitCode::from(1)
+                }
+            };
+        }
         Command::Plugin(PluginCommand::Check {
             file,
             deployed_as,
@@ -139,6 +155,7 @@ async fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
         root: args.root,
         config,
         admin_token: args.admin_token,
+        probe_binary: Some(std::env::current_exe().context("finding the mysimbdp binary")?),
     };
     serve(options, shutdown_signal()).await
 }

@@ -34,6 +34,10 @@ pub struct ServeOptions {
     pub config: PlatformConfig,
     /// The admin token, if given in the environment.
     pub admin_token: Option<String>,
+    /// The `mysimbdp` binary, which loads each new plugin file in a child process first
+    /// (`mysimbdp plugin probe`), so a library that crashes while loading cannot take the
+    /// platform down; none: plugin files are loaded in this process only.
+    pub probe_binary: Option<PathBuf>,
 }
 
 /// Runs the platform until `shutdown` resolves.
@@ -42,6 +46,7 @@ pub async fn serve(options: ServeOptions, shutdown: impl std::future::Future<Out
         root,
         config,
         admin_token,
+        probe_binary,
     } = options;
     let data_dir = config.data_dir_in(&root);
     std::fs::create_dir_all(&data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
@@ -80,6 +85,7 @@ pub async fn serve(options: ServeOptions, shutdown: impl std::future::Future<Out
             tenants.clone(),
             tokio::runtime::Handle::current(),
         ))),
+        preflight: probe_binary,
     };
     // The first reconcile loads every plugin (and checks its tables against storage, on this
     // runtime): off the async workers.
@@ -127,8 +133,11 @@ pub async fn serve(options: ServeOptions, shutdown: impl std::future::Future<Out
         .with_context(|| format!("listening on {}", config.server.listen))?;
     let address = listener.local_addr()?;
     let state = Arc::new(ApiState {
+        reads: daas::ReadGate::new(config.server.max_reads_per_tenant),
+        server: config.server.clone(),
         tenants,
         admin_token,
+        metrics_token: config.server.metrics_token_sha256.clone(),
         staging,
         tracker,
         usage,

@@ -149,6 +149,8 @@
 //! - reject a bad record with [`Output::reject`] and go on, rather than fail the whole input;
 //! - stream its input: read [`Input`] incrementally, never into one buffer, so memory does not
 //!   grow with the file;
+//! - cap the length of one record, so memory does not grow with a line either: read through
+//!   [`CappedLines`] and reject what it reports ([`CappedLines::reject_long_lines`]);
 //! - keep no global state: every call carries its own state.
 //!
 //! A plugin's panic is caught at the boundary ([`export_plugin!`] does it) and fails only that
@@ -161,6 +163,7 @@
 pub mod export;
 pub mod ffi;
 mod io;
+mod lines;
 mod schema;
 pub mod time;
 
@@ -169,6 +172,7 @@ pub use ffi::{
     ColumnSpec, ColumnType, ErrorKind, FileInfo, Message, PluginError, PluginKind, StreamInfo, TableSpec, Value,
 };
 pub use io::{Input, MAX_REJECTED_RAW_BYTES, Output, TableId};
+pub use lines::{CappedLines, DEFAULT_MAX_LINE_BYTES, LongLine};
 pub use schema::{MAX_IDENTIFIER_LEN, RESERVED_TABLE_PREFIX, check_identifier};
 
 /// The version of the plugin ABI. The host loads only plugins built against exactly this

@@ -118,6 +118,8 @@ pub struct Platform {
     /// `http://127.0.0.1:<port>`.
     pub url: String,
     agent: ureq::Agent,
+    /// A descriptor limit (`RLIMIT_NOFILE`, soft and hard) for the platform's process.
+    fd_limit: Option<u64>,
 }
 
 impl Platform {
@@ -125,6 +127,21 @@ impl Platform {
     /// `backend`. `extra_config` is appended to `mysimbdp.toml` right after its `[coredms]`
     /// table: bare keys go into `[coredms]`, and a `[section]` header starts another table.
     pub fn start(backend: Backend, tenants: &[TenantSpec], extra_config: &str) -> Self {
+        let mut platform = Self::prepare(backend, tenants, extra_config);
+        platform.launch();
+        platform
+    }
+
+    /// The same, with the platform's process limited to `descriptors` open files.
+    pub fn start_with_fd_limit(backend: Backend, tenants: &[TenantSpec], extra_config: &str, descriptors: u64) -> Self {
+        let mut platform = Self::prepare(backend, tenants, extra_config);
+        platform.fd_limit = Some(descriptors);
+        platform.launch();
+        platform
+    }
+
+    /// The platform's folder, ready to launch.
+    fn prepare(backend: Backend, tenants: &[TenantSpec], extra_config: &str) -> Self {
         let temp = tempfile::Builder::new().prefix("mysimbdp-e2e-").tempdir().unwrap();
         let dir = temp.path().to_path_buf();
         std::fs::write(dir.join("customer_information.json"), customer_information(tenants)).unwrap();
@@ -142,15 +159,14 @@ impl Platform {
                 }
             }
         }
-        let mut platform = Platform {
+        Platform {
             dir,
             _temp: Some(temp),
             child: None,
             url: String::new(),
             agent: agent(),
-        };
-        platform.launch();
-        platform
+            fd_limit: None,
+        }
     }
 
     /// Installs a built plugin library under a plugin file name in `plugins/`.
@@ -164,7 +180,24 @@ impl Platform {
             .append(true)
             .open(self.dir.join("platform.log"))
             .unwrap();
-        let mut child = Command::new(target_dir().join("mysimbdp"))
+        let mut command = Command::new(target_dir().join("mysimbdp"));
+        if let Some(limit) = self.fd_limit {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: setrlimit is async-signal-safe, and nothing else runs between fork and exec.
+            unsafe {
+                command.pre_exec(move || {
+                    let rlimit = libc::rlimit {
+                        rlim_cur: limit,
+                        rlim_max: limit,
+                    };
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &rlimit) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let mut child = command
             .args(["serve", "--root"])
             .arg(&self.dir)
             .args(["--listen", "127.0.0.1:0"])
@@ -251,6 +284,34 @@ impl Platform {
     pub fn restart(&mut self) {
         self.kill9();
         self.launch();
+    }
+
+    /// `method path` with a bearer token and a body: status, JSON body and headers.
+    pub fn request(&self, method: &str, path: &str, token: &str, body: &[u8]) -> (u16, Value, ureq::http::HeaderMap) {
+        let request = ureq::http::Request::builder()
+            .method(method)
+            .uri(format!("{}{path}", self.url))
+            .header("Authorization", format!("Bearer {token}"))
+            .body(body)
+            .unwrap();
+        match self.agent.run(request) {
+            Ok(mut response) => {
+                let status = response.status().as_u16();
+                let headers = response.headers().clone();
+                let text = response.body_mut().read_to_string().unwrap_or_default();
+                (
+                    status,
+                    serde_json::from_str(&text).unwrap_or(Value::String(text)),
+                    headers,
+                )
+            }
+            Err(e) => panic!("HTTP request failed: {e}"),
+        }
+    }
+
+    /// The host and port it listens on.
+    pub fn address(&self) -> String {
+        self.url.trim_start_matches("http://").to_string()
     }
 
     /// `GET path` with a bearer token: status and JSON body.

@@ -16,7 +16,8 @@ use mysimbdp::tenants::{CUSTOMER_INFORMATION_FILE, Tenants};
 /// Checks `file` (as if named `deployed_as`); with `root`, also against that platform's
 /// configuration and storage.
 pub fn run(file: &Path, deployed_as: Option<&str>, root: Option<&Path>) -> anyhow::Result<CheckReport> {
-    let mut report = check_file(file, deployed_as);
+    let binary = std::env::current_exe().context("finding the mysimbdp binary")?;
+    let mut report = check_file(file, deployed_as, Some(&binary));
     if let (Some(root), Ok(()), Ok(id), Some(manifest)) = (root, &report.verdict, &report.id, &report.manifest) {
         let tables = manifest.tables.clone();
         let id = id.clone();
@@ -57,10 +58,14 @@ async fn check_against(
     // The version in service there: what the new one would replace.
     let deployed = root.join("plugins").join(id.file_name());
     let dropped = if deployed.is_file() {
-        check_file(&deployed, None)
-            .manifest
-            .map(|m| mysimbdp::plugin_host::dropped_columns(&m.tables, tables))
-            .unwrap_or_default()
+        check_file(
+            &deployed,
+            None,
+            Some(&std::env::current_exe().map_err(|e| e.to_string())?),
+        )
+        .manifest
+        .map(|m| mysimbdp::plugin_host::dropped_columns(&m.tables, tables))
+        .unwrap_or_default()
     } else {
         Vec::new()
     };

@@ -92,12 +92,28 @@ enum Command {
     Flush(oneshot::Sender<Result<(), StoreError>>),
 }
 
+/// Pages of a tenant database that hold the platform's own records, not the tenant's data: the
+/// schema, and `mysimbdp_tables` and `mysimbdp_meta` with their key indexes.
+const PLATFORM_PAGES: i64 = 5;
+
+/// Read connections a tenant keeps open between reads; a read beyond them opens its own and
+/// closes it after.
+const IDLE_READERS: usize = 4;
+
 /// One tenant's database.
 pub struct EmbeddedTenant {
     tenant: TenantId,
     path: PathBuf,
     commands: std::sync::mpsc::SyncSender<Command>,
     limiter: Arc<WriteLimiter>,
+    readers: Arc<Mutex<Vec<Connection>>>,
+}
+
+fn open_reader(path: &Path) -> rusqlite::Result<Connection> {
+    let connection =
+        Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)?;
+    connection.busy_timeout(std::time::Duration::from_secs(10))?;
+    Ok(connection)
 }
 
 impl EmbeddedTenant {
@@ -123,6 +139,7 @@ impl EmbeddedTenant {
             path,
             commands,
             limiter,
+            readers: Arc::default(),
         })
     }
 
@@ -142,7 +159,8 @@ impl EmbeddedTenant {
             .map_err(|_| internal(format!("the writer of tenant {} stopped", self.tenant)))?
     }
 
-    /// Runs a read on a fresh read-only connection on the blocking pool.
+    /// Runs a read on the blocking pool, on a read-only connection taken from the tenant's
+    /// idle readers (or opened, and kept for the next read if fewer than [`IDLE_READERS`] are).
     async fn read<T: Send + 'static>(
         &self,
         what: &'static str,
@@ -150,17 +168,20 @@ impl EmbeddedTenant {
     ) -> Result<T, StoreError> {
         let path = self.path.clone();
         let tenant = self.tenant.clone();
+        let readers = Arc::clone(&self.readers);
         tokio::task::spawn_blocking(move || {
-            let connection = Connection::open_with_flags(
-                &path,
-                OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-            )
-            .map_err(|e| sqlite_error(&tenant, what, e))?;
-            connection
-                .busy_timeout(std::time::Duration::from_secs(10))
-                .map_err(|e| sqlite_error(&tenant, what, e))?;
+            let idle = readers.lock().unwrap_or_else(|e| e.into_inner()).pop();
+            let connection = match idle {
+                Some(connection) => connection,
+                None => open_reader(&path).map_err(|e| sqlite_error(&tenant, what, e))?,
+            };
             let tables = load_tables(&connection).map_err(|e| sqlite_error(&tenant, what, e))?;
-            f(&connection, &tables)
+            let result = f(&connection, &tables);
+            let mut idle = readers.lock().unwrap_or_else(|e| e.into_inner());
+            if idle.len() < IDLE_READERS {
+                idle.push(connection);
+            }
+            result
         })
         .await
         .map_err(|e| internal(format!("{what} failed: {e}")))?
@@ -254,7 +275,8 @@ impl TenantStore for EmbeddedTenant {
                     .query_row(&format!("PRAGMA {pragma}"), [], |r| r.get::<_, i64>(0))
                     .map_err(|e| sqlite_error(&tenant, "measuring its size", e))
             };
-            let in_use = pages("page_count")? - pages("freelist_count")?;
+            // Not counted: the schema page and the platform's own two tables.
+            let in_use = pages("page_count")? - pages("freelist_count")? - PLATFORM_PAGES;
             Ok((in_use.max(0) * pages("page_size")?) as u64)
         })
         .await

@@ -168,7 +168,8 @@ pub trait TenantStore: Send + Sync {
     /// that exist changes it by little (within a small tolerance, below), so a re-ingest does
     /// not count twice:
     /// - embedded: the pages of the tenant's database in use (its file without its free pages,
-    ///   the log included), i.e. rows, keys and indexes as SQLite lays them out;
+    ///   the log included, without the pages of the platform's own records), i.e. rows, keys
+    ///   and indexes as SQLite lays them out;
     /// - Cassandra: for each table, its exact row count times the mean accounting bytes
     ///   ([`Value::logical_bytes`]) of a sample of its rows (up to 1,024, spread over the token
     ///   ring): the payload, without Cassandra's per-cell overhead, compression or replicas.

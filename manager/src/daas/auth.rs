@@ -6,7 +6,7 @@ use hyper::{HeaderMap, StatusCode, header};
 use super::ApiError;
 use crate::tenants::{Tenant, TenantId, TokenDigest};
 
-/// The seed's message for an unknown tenant.
+/// The seed's message for an unknown tenant, also given for a wrong token (401 both).
 pub const CLIENT_NOT_FOUND: &str = "Client not found in customer data";
 
 fn bearer(headers: &HeaderMap) -> Option<&str> {
@@ -15,25 +15,24 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
-/// The tenant named in the URL, if it exists and the request carries its token.
+/// The tenant named in the URL, if it exists and the request carries its token. An unknown
+/// tenant and a wrong token get the same answer, so tenant names cannot be probed.
 pub fn tenant(
     tenants: &crate::tenants::Tenants,
     headers: &HeaderMap,
     name: &str,
 ) -> Result<(TenantId, Tenant), ApiError> {
-    let (id, tenant) = tenants
-        .find(name)
-        .ok_or_else(|| ApiError::new(StatusCode::FORBIDDEN, CLIENT_NOT_FOUND))?;
-    match bearer(headers) {
-        Some(token) if tenant.api_token_sha256.matches(token) => Ok((id.clone(), tenant.clone())),
-        Some(_) => Err(ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            format!("the bearer token is not tenant {id}'s"),
-        )),
-        None => Err(ApiError::new(
+    let Some(token) = bearer(headers) else {
+        return Err(ApiError::new(
             StatusCode::UNAUTHORIZED,
             "missing Authorization: Bearer <token>",
-        )),
+        ));
+    };
+    // The token is hashed whether or not the tenant exists: the answer takes as long either way.
+    let digest = TokenDigest::of(token);
+    match tenants.find(name) {
+        Some((id, tenant)) if tenant.api_token_sha256.same_as(&digest) => Ok((id.clone(), tenant.clone())),
+        _ => Err(ApiError::new(StatusCode::UNAUTHORIZED, CLIENT_NOT_FOUND)),
     }
 }
 
@@ -50,6 +49,17 @@ pub fn admin(admin: Option<&TokenDigest>, headers: &HeaderMap) -> Result<(), Api
         _ => Err(ApiError::new(
             StatusCode::UNAUTHORIZED,
             "admin calls need Authorization: Bearer <admin token>",
+        )),
+    }
+}
+
+/// Checks the token `/metrics` requires (its own, or the admin token).
+pub fn metrics(required: &TokenDigest, admin: Option<&TokenDigest>, headers: &HeaderMap) -> Result<(), ApiError> {
+    match bearer(headers).map(TokenDigest::of) {
+        Some(digest) if required.same_as(&digest) || admin.is_some_and(|a| a.same_as(&digest)) => Ok(()),
+        _ => Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "/metrics needs Authorization: Bearer <metrics token> (server.metrics_token_sha256)",
         )),
     }
 }

@@ -3,8 +3,10 @@
 //! metrics. The routes are in [`route`]; every failure becomes a status in [`error`].
 
 mod auth;
+mod connections;
 mod error;
 mod read;
+mod reads;
 mod upload;
 
 use std::collections::HashMap;
@@ -17,14 +19,18 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode, header};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 pub use error::ApiError;
+pub use reads::ReadGate;
+
+use connections::Connections;
 
 use crate::batch::{BatchManager, FileTracker};
+use crate::config::ServerConfig;
 use crate::coredms::{CoreDms, TenantStorage, TenantStore};
 use crate::plugin_host::PluginHost;
 use crate::report::ReportStore;
@@ -36,10 +42,15 @@ use crate::usage::UsageLedger;
 
 /// What the API works with.
 pub struct ApiState {
+    /// The HTTP settings (limits and timeouts).
+    pub server: ServerConfig,
     /// Tenants.
     pub tenants: TenantsHandle,
     /// The admin token's digest (admin calls are refused without one).
     pub admin_token: Option<TokenDigest>,
+    /// The digest of the token `/metrics` requires (the admin token is accepted too); none:
+    /// `/metrics` answers anyone.
+    pub metrics_token: Option<TokenDigest>,
     /// Staging.
     pub staging: Arc<Staging>,
     /// Files in flight.
@@ -56,6 +67,8 @@ pub struct ApiState {
     pub plugins: Arc<PluginHost>,
     /// Metrics.
     pub metrics: Arc<Metrics>,
+    /// The bound on each tenant's reads in progress.
+    pub reads: ReadGate,
 }
 
 impl ApiState {
@@ -67,33 +80,80 @@ impl ApiState {
 /// How long requests in progress may go on after a shutdown begins.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
+/// The answer to a connection when every place is taken by a request in progress.
+const BUSY_RESPONSE: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n\
+retry-after: 1\r\nconnection: close\r\ncontent-length: 70\r\n\r\n\
+{\"error\": \"the platform has as many requests in progress as it takes\"}";
+
 /// Serves the API on `listener` until `cancel`, then lets requests in progress finish.
+///
+/// Every connection has a header-read timeout (which also closes a keep-alive connection idle
+/// for that long), and their number is bounded ([`connections`]).
 pub async fn serve(listener: TcpListener, state: Arc<ApiState>, cancel: CancellationToken) {
     let graceful = GracefulShutdown::new();
+    let connections = Connections::new(connections::connection_limit(state.server.max_connections));
+    let header_timeout = Duration::from_secs(state.server.header_read_timeout_seconds.max(1));
+    let mut accept_errors = RateLimitedLog::new(Duration::from_secs(10));
     loop {
         let (stream, peer) = tokio::select! {
             () = cancel.cancelled() => break,
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
                 Err(e) => {
-                    log::warn!("daas: accept failed: {e}");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    // Out of descriptors, most likely: wait for some to be freed.
+                    accept_errors.log(|suppressed| log::warn!("daas: accept failed: {e} ({suppressed} more since the last report)"));
+                    tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
                 }
             },
         };
+        let Some(admitted) = connections.admit() else {
+            tokio::spawn(async move {
+                use tokio::io::AsyncWriteExt;
+                let mut stream = stream;
+                let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(BUSY_RESPONSE)).await;
+            });
+            continue;
+        };
         let state = Arc::clone(&state);
+        let connection = Arc::clone(&admitted.connection);
         let service = service_fn(move |request| {
             let state = Arc::clone(&state);
-            async move { Ok::<_, Infallible>(handle(&state, request).await) }
-        });
-        let connection = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service);
-        let connection = graceful.watch(connection);
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                log::debug!("daas: connection from {peer}: {e}");
+            let in_progress = connection.request();
+            async move {
+                let response = handle(&state, request).await;
+                drop(in_progress);
+                Ok::<_, Infallible>(response)
             }
         });
+        let connection = hyper::server::conn::http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(header_timeout)
+            // Above the platform's own limits (`check_head`), which answer with a JSON body.
+            .max_headers(MAX_HEADERS * 2)
+            .max_buf_size(4 * MAX_HEADER_BYTES)
+            .serve_connection(TokioIo::new(stream), service);
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            tokio::select! {
+                result = connection => {
+                    if let Err(e) = result {
+                        log::debug!("daas: connection from {peer}: {e}");
+                    }
+                }
+                () = admitted.connection.close.cancelled() => {
+                    log::debug!("daas: closed the idle connection from {peer} to make room for a new one");
+                }
+            }
+            drop(admitted);
+        });
+    }
+    if connections.evicted() > 0 {
+        log::info!(
+            "daas: {} idle connections were closed to make room (limit {})",
+            connections.evicted(),
+            connections.limit()
+        );
     }
     if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown()).await.is_err() {
         log::warn!(
@@ -103,9 +163,47 @@ pub async fn serve(listener: TcpListener, state: Arc<ApiState>, cancel: Cancella
     }
 }
 
+/// A warning that may repeat many times a second, written at most once per period with the
+/// number of repetitions in between.
+struct RateLimitedLog {
+    period: Duration,
+    last: Option<std::time::Instant>,
+    suppressed: u64,
+}
+
+impl RateLimitedLog {
+    fn new(period: Duration) -> Self {
+        RateLimitedLog {
+            period,
+            last: None,
+            suppressed: 0,
+        }
+    }
+
+    fn log(&mut self, write: impl FnOnce(u64)) {
+        if self.last.is_some_and(|at| at.elapsed() < self.period) {
+            self.suppressed += 1;
+            return;
+        }
+        write(self.suppressed);
+        self.last = Some(std::time::Instant::now());
+        self.suppressed = 0;
+    }
+}
+
+/// The longest request target (path and query) answered; longer ones get 414.
+const MAX_URI_BYTES: usize = 8 << 10;
+/// The most header bytes answered; more get 431. (hyper's own limits sit above these, so it
+/// is this check, with a JSON body, that a client meets.)
+const MAX_HEADER_BYTES: usize = 64 << 10;
+const MAX_HEADERS: usize = 100;
+
 async fn handle(state: &ApiState, request: Request<Incoming>) -> Response<Full<Bytes>> {
     let method = request.method().clone();
     let path = request.uri().path().to_string();
+    if let Err(error) = check_head(&request) {
+        return error.into_response();
+    }
     match route(state, request).await {
         Ok(response) => response,
         Err(error) => {
@@ -117,13 +215,45 @@ async fn handle(state: &ApiState, request: Request<Incoming>) -> Response<Full<B
     }
 }
 
+/// Refuses a request line or headers larger than the platform answers.
+fn check_head<B>(request: &Request<B>) -> Result<(), ApiError> {
+    let uri = request.uri().path_and_query().map_or(0, |p| p.as_str().len());
+    if uri > MAX_URI_BYTES {
+        return Err(ApiError::new(
+            StatusCode::URI_TOO_LONG,
+            format!("the request target has {uri} bytes, more than the {MAX_URI_BYTES} answered"),
+        ));
+    }
+    let headers = request.headers();
+    let bytes: usize = headers.iter().map(|(k, v)| k.as_str().len() + v.len() + 4).sum();
+    if headers.len() > MAX_HEADERS || bytes > MAX_HEADER_BYTES {
+        return Err(ApiError::new(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            format!(
+                "the request has {} headers of {bytes} bytes, more than the {MAX_HEADERS} headers or {MAX_HEADER_BYTES} bytes answered",
+                headers.len()
+            ),
+        ));
+    }
+    Ok(())
+}
+
 async fn route(state: &ApiState, request: Request<Incoming>) -> Result<Response<Full<Bytes>>, ApiError> {
     let path = request.uri().path().to_string();
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
-    let method = request.method().clone();
+    // HEAD is GET without the body (hyper leaves the body of a HEAD answer out).
+    let method = match request.method() {
+        &Method::HEAD => Method::GET,
+        other => other.clone(),
+    };
     match (&method, segments.as_slice()) {
-        (&Method::GET, ["healthz"]) => Ok(read::health(state)),
-        (&Method::GET, ["metrics"]) => Ok(text(StatusCode::OK, state.metrics.encode())),
+        (&Method::GET, ["healthz"]) => Ok(json(StatusCode::OK, &serde_json::json!({ "status": "ok" }))),
+        (&Method::GET, ["metrics"]) => {
+            if let Some(digest) = &state.metrics_token {
+                auth::metrics(digest, state.admin_token.as_ref(), request.headers())?;
+            }
+            Ok(text(StatusCode::OK, state.metrics.encode()))
+        }
         (&Method::GET, ["v1", "stats"]) => read::platform_stats(state, &request).await,
         (&Method::GET, ["v1", "plugins"]) => read::plugins(state, &request),
         (&Method::POST, ["v1", "tenants", tenant, "files"]) => upload::upload(state, request, tenant).await,

@@ -11,19 +11,6 @@ use super::{ApiError, ApiState, auth, json, limit_param, query};
 use crate::staging::FileId;
 use crate::tenants::{Tenant, TenantId};
 
-/// `GET /healthz`.
-pub(super) fn health(state: &ApiState) -> Response<Full<Bytes>> {
-    json(
-        StatusCode::OK,
-        &json!({
-            "status": "ok",
-            "backend": state.dms.backend(),
-            "tenants": state.tenants.current().len(),
-            "plugins": state.plugins.statuses().iter().filter(|p| p.version.is_some()).count(),
-        }),
-    )
-}
-
 /// `GET /v1/plugins` (admin): every plugin's status.
 pub(super) fn plugins(state: &ApiState, request: &Request<Incoming>) -> Result<Response<Full<Bytes>>, ApiError> {
     auth::admin(state.admin_token.as_ref(), request.headers())?;
@@ -114,15 +101,18 @@ pub(super) async fn tenant_get(
             Ok(json(StatusCode::OK, &value))
         }
         ["tables"] => {
+            let _turn = state.reads.enter(&id).await?;
             let tables = state.store(&id, &tenant).await?.tables().await?;
             Ok(json(StatusCode::OK, &json!({ "tables": tables })))
         }
         ["tables", table, "count"] => {
+            let _turn = state.reads.enter(&id).await?;
             let count = state.store(&id, &tenant).await?.count(table).await?;
             Ok(json(StatusCode::OK, &json!({ "count": count })))
         }
         ["tables", table, "rows"] => {
             let limit = limit_param(&params, 100, 10_000)?;
+            let _turn = state.reads.enter(&id).await?;
             let store = state.store(&id, &tenant).await?;
             let tables = store.tables().await?;
             let schema = tables

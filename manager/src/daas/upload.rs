@@ -45,20 +45,25 @@ pub(super) async fn upload(
     let head = Request::from_parts(parts, ());
     let result = accept(state, &head, &mut body, tenant).await;
     if let Err(error) = &result {
-        tokio::spawn(discard_rest(body));
+        // A client too slow to be served gets its answer and loses the connection; any other
+        // refusal lets the client finish sending, so it reads the answer.
+        if error.status != StatusCode::REQUEST_TIMEOUT {
+            tokio::spawn(discard_rest(body));
+        }
         let reason = match (error.status, error.message.as_str()) {
-            (StatusCode::FORBIDDEN, auth::CLIENT_NOT_FOUND) => "unknown_tenant",
-            (StatusCode::UNAUTHORIZED, _) => "bad_token",
+            (StatusCode::UNAUTHORIZED, _) => "unauthorized",
             (StatusCode::FORBIDDEN, _) => "file_type",
             (StatusCode::PAYLOAD_TOO_LARGE, _) => "file_size",
             (StatusCode::TOO_MANY_REQUESTS, _) => "files_number",
             (StatusCode::INSUFFICIENT_STORAGE, _) => "quota",
             (StatusCode::BAD_REQUEST, _) => "bad_request",
+            (StatusCode::REQUEST_TIMEOUT, _) => "too_slow",
             _ => "error",
         };
-        // Unknown names stay out of the metric labels (a client must not add series at will).
-        let tenant = if reason == "unknown_tenant" {
-            "(unknown)"
+        // Names a request could not prove stay out of the metric labels (a client must not add
+        // series at will, nor learn which tenants exist).
+        let tenant = if reason == "unauthorized" {
+            "(unauthorized)"
         } else {
             tenant
         };
@@ -118,14 +123,16 @@ async fn accept(
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
 
+    let mut pace = Pace::new(&state.server);
     let (name, receiving, file) = match boundary {
         None => {
             let name = params.get("name").cloned().unwrap_or_default();
             let file_type = file_type(&name, params.get("type"), &tenant)?;
             let mut receiving = Receiving::start(state, &tenant_id, &tenant, &file_type, declared_size).await?;
-            while let Some(frame) = body.frame().await {
+            while let Some(frame) = pace.next(body.frame()).await? {
                 let frame = frame.map_err(|e| ApiError::bad_request(format!("the upload broke off: {e}")))?;
                 if let Ok(data) = frame.into_data() {
+                    pace.received(data.len());
                     receiving.chunk(&data)?;
                 }
             }
@@ -140,9 +147,9 @@ async fn accept(
             });
             let mut multipart = multer::Multipart::new(stream, boundary);
             let mut field = loop {
-                let field = multipart
-                    .next_field()
-                    .await
+                let field = pace
+                    .next(multipart.next_field())
+                    .await?
                     .map_err(|e| ApiError::bad_request(format!("malformed multipart body: {e}")))?;
                 match field {
                     Some(field) if field.file_name().is_some() => break field,
@@ -157,11 +164,12 @@ async fn accept(
             let name = field.file_name().unwrap_or_default().to_string();
             let file_type = file_type(&name, params.get("type"), &tenant)?;
             let mut receiving = Receiving::start(state, &tenant_id, &tenant, &file_type, None).await?;
-            while let Some(chunk) = field
-                .chunk()
-                .await
+            while let Some(chunk) = pace
+                .next(field.chunk())
+                .await?
                 .map_err(|e| ApiError::bad_request(format!("the upload broke off: {e}")))?
             {
+                pace.received(chunk.len());
                 receiving.chunk(&chunk)?;
             }
             drop(field);
@@ -228,6 +236,55 @@ async fn accept(
         response.headers_mut().insert(header::LOCATION, location);
     }
     Ok(response)
+}
+
+/// How fast an upload comes in: a client that sends nothing for a while, or sends slower than
+/// the platform accepts on average, is refused (408) instead of holding its connection and
+/// the tenant's upload slot.
+struct Pace {
+    started: Instant,
+    bytes: u64,
+    idle: Duration,
+    min_bytes_per_second: u64,
+    grace: Duration,
+}
+
+impl Pace {
+    fn new(server: &crate::config::ServerConfig) -> Self {
+        Pace {
+            started: Instant::now(),
+            bytes: 0,
+            idle: Duration::from_secs(server.upload_idle_timeout_seconds.max(1)),
+            min_bytes_per_second: server.upload_min_bytes_per_second,
+            grace: Duration::from_secs(server.upload_rate_grace_seconds),
+        }
+    }
+
+    /// The next part of the body, unless the client went quiet or too slow.
+    async fn next<T>(&self, part: impl std::future::Future<Output = T>) -> Result<T, ApiError> {
+        let part = tokio::time::timeout(self.idle, part).await.map_err(|_| {
+            ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                format!("the upload sent nothing for {} s", self.idle.as_secs()),
+            )
+        })?;
+        let elapsed = self.started.elapsed();
+        if elapsed > self.grace && (self.bytes as f64) < self.min_bytes_per_second as f64 * elapsed.as_secs_f64() {
+            return Err(ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                format!(
+                    "the upload came in at {:.0} bytes/s, slower than the {} bytes/s the platform accepts",
+                    self.bytes as f64 / elapsed.as_secs_f64(),
+                    self.min_bytes_per_second
+                ),
+            ));
+        }
+        Ok(part)
+    }
+
+    fn received(&mut self, bytes: usize) {
+        self.bytes += bytes as u64;
+    }
 }
 
 /// The file type: `?type=`, else the name's extension; it must be one the tenant may send.

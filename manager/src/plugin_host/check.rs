@@ -27,13 +27,25 @@ pub struct CheckReport {
 }
 
 /// Checks a plugin file: its name (or `deployed_as`, the file name it will have in
-/// `plugins/`), the ABI checks of the loader, its manifest.
-pub fn check_file(path: &Path, deployed_as: Option<&str>) -> CheckReport {
+/// `plugins/`), the ABI checks of the loader, its manifest. With `probe_binary` (the `mysimbdp`
+/// binary), the file is loaded in a child process first, so a library that crashes while it
+/// loads fails the check instead of ending it.
+pub fn check_file(path: &Path, deployed_as: Option<&str>, probe_binary: Option<&Path>) -> CheckReport {
     let id = match deployed_as {
         Some(name) => PluginId::from_file_name(name),
         None => PluginId::from_path(path),
     };
     let sha256 = hash_file(path).ok();
+    if let Some(Err(reason)) = probe_binary.map(|binary| super::preflight::probe_in_child(binary, path)) {
+        return CheckReport {
+            file: path.to_path_buf(),
+            sha256,
+            id,
+            manifest: None,
+            verdict: Err(reason),
+            notes: Vec::new(),
+        };
+    }
     let file = path.to_path_buf();
     let loaded = std::thread::spawn(move || {
         let library = LoadedLibrary::load(&file).map_err(|e| e.to_string())?;

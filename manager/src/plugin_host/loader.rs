@@ -131,6 +131,14 @@ impl LoadedLibrary {
             reason,
         };
 
+        // A file that is not a whole shared object of this architecture could kill the process
+        // when mapped (segments past its end): refused before dlopen.
+        let bytes = std::fs::read(path).map_err(|e| open_error(e.to_string()))?;
+        super::elf::check_shared_object(&bytes).map_err(|reason| LoadError::NotAPlugin {
+            path: path.to_path_buf(),
+            reason,
+        })?;
+        drop(bytes);
         // dlopen runs the library's initialisers: these checks keep out mistakes, not hostile
         // code (the operator decides which files enter plugins/).
         let raw = RawLibrary::load_at(path).map_err(|e| open_error(dl_reason(&e.to_string(), path)))?;
@@ -407,11 +415,11 @@ mod tests {
         let text = dir.path().join("libclientbatchingestapp_a_csv.so");
         std::fs::write(&text, "not a library").unwrap();
         let err = LoadedLibrary::load(&text).err().unwrap().to_string();
-        assert!(err.contains("file too short"), "{err}");
+        assert!(err.contains("not an ELF file"), "{err}");
         let random = dir.path().join("librandom.so");
         std::fs::write(&random, vec![0x5a; 8192]).unwrap();
         let err = LoadedLibrary::load(&random).err().unwrap().to_string();
-        assert!(err.contains("invalid ELF header"), "{err}");
+        assert!(err.contains("not an ELF file"), "{err}");
         let err = LoadedLibrary::load(&dir.path().join("missing.so"))
             .err()
             .unwrap()

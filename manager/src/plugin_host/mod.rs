@@ -12,8 +12,10 @@
 //! Only [`loader`] calls `dlopen` or crosses the FFI.
 
 pub mod check;
+pub mod elf;
 pub mod loader;
 pub mod naming;
+pub mod preflight;
 pub mod rows;
 pub mod version;
 
@@ -54,6 +56,9 @@ pub struct PluginHostConfig {
     /// What a new version must pass before it takes work (none: every loadable version is
     /// admitted).
     pub admission: Option<Arc<dyn Admission>>,
+    /// The `mysimbdp` binary that loads each new file in a child process first
+    /// ([`preflight`]); none: files are loaded in this process only (tests of the host).
+    pub preflight: Option<PathBuf>,
 }
 
 /// Why no plugin can take a piece of work.
@@ -177,6 +182,10 @@ struct Shared {
     hashes: Mutex<HashMap<PathBuf, (u64, SystemTime, String)>>,
     warned_names: Mutex<BTreeSet<String>>,
     unloaded: AtomicU64,
+    /// The last look at `plugins/` failed.
+    scan_failed: std::sync::atomic::AtomicBool,
+    /// When the last reconcile began.
+    last_reconcile: Mutex<std::time::Instant>,
 }
 
 /// The running plugin host.
@@ -215,6 +224,8 @@ impl PluginHost {
             hashes: Mutex::default(),
             warned_names: Mutex::default(),
             unloaded: AtomicU64::new(0),
+            scan_failed: std::sync::atomic::AtomicBool::new(false),
+            last_reconcile: Mutex::new(std::time::Instant::now()),
         });
         let thread_shared = Arc::clone(&shared);
         let thread = std::thread::Builder::new()
@@ -368,7 +379,21 @@ fn host_loop(shared: &Shared, commands: &mpsc::Receiver<Command>) {
             Ok(Command::Shutdown(grace)) => return shut_down(shared, grace),
             Err(RecvTimeoutError::Disconnected) => return shut_down(shared, Duration::from_secs(60)),
             Err(RecvTimeoutError::Timeout) => {
-                if next_retry(shared).is_some_and(|at| at <= std::time::Instant::now()) {
+                let failed_scan_due = shared.scan_failed.load(Ordering::Relaxed)
+                    && shared
+                        .last_reconcile
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .elapsed()
+                        >= SCAN_RETRY;
+                let load_due = {
+                    let slots = shared.slots.read().unwrap_or_else(|e| e.into_inner());
+                    slots
+                        .values()
+                        .filter_map(|s| s.failure.as_ref()?.retry_at)
+                        .any(|at| at <= std::time::Instant::now())
+                };
+                if failed_scan_due || load_due {
                     reconcile(shared);
                 }
                 reap(shared);
@@ -377,11 +402,17 @@ fn host_loop(shared: &Shared, commands: &mpsc::Receiver<Command>) {
     }
 }
 
-/// The earliest time a failed load is due to be tried again.
+/// The earliest time a failed load (or a failed look at `plugins/`) is due to be tried again.
 fn next_retry(shared: &Shared) -> Option<std::time::Instant> {
+    if shared.scan_failed.load(Ordering::Relaxed) {
+        return Some(*shared.last_reconcile.lock().unwrap_or_else(|e| e.into_inner()) + SCAN_RETRY);
+    }
     let slots = shared.slots.read().unwrap_or_else(|e| e.into_inner());
     slots.values().filter_map(|s| s.failure.as_ref()?.retry_at).min()
 }
+
+/// How soon `plugins/` is read again after it could not be.
+const SCAN_RETRY: Duration = Duration::from_secs(1);
 
 fn shut_down(shared: &Shared, grace: Duration) {
     let deadline = std::time::Instant::now() + grace;
@@ -428,18 +459,12 @@ fn reap(shared: &Shared) {
     });
 }
 
-/// What `plugins/` holds for the tenants in force: plugin → file.
-fn desired_state(shared: &Shared, tenants: &Tenants) -> BTreeMap<PluginId, PathBuf> {
+/// What `plugins/` holds for the tenants in force: plugin → file. `Err` if the folder could
+/// not be read whole: then what it holds is unknown, which is not the same as empty.
+fn desired_state(shared: &Shared, tenants: &Tenants) -> std::io::Result<BTreeMap<PluginId, PathBuf>> {
     let mut desired = BTreeMap::new();
-    let entries = match std::fs::read_dir(&shared.config.plugins_dir) {
-        Ok(entries) => entries,
-        Err(e) => {
-            log::error!("cannot list {}: {e}", shared.config.plugins_dir.display());
-            return desired;
-        }
-    };
-    for entry in entries.flatten() {
-        let path = entry.path();
+    for entry in std::fs::read_dir(&shared.config.plugins_dir)? {
+        let path = entry?.path();
         let Some(name) = path.file_name().and_then(|n| n.to_str()).map(str::to_string) else {
             continue;
         };
@@ -470,12 +495,30 @@ fn desired_state(shared: &Shared, tenants: &Tenants) -> BTreeMap<PluginId, PathB
         }
         desired.insert(id, path);
     }
-    desired
+    Ok(desired)
 }
 
 fn reconcile(shared: &Shared) {
+    *shared.last_reconcile.lock().unwrap_or_else(|e| e.into_inner()) = std::time::Instant::now();
     let tenants = shared.tenants.current();
-    let desired = desired_state(shared, &tenants);
+    let desired = match desired_state(shared, &tenants) {
+        Ok(desired) => {
+            if shared.scan_failed.swap(false, Ordering::Relaxed) {
+                log::info!("{} can be read again", shared.config.plugins_dir.display());
+            }
+            desired
+        }
+        Err(e) => {
+            // Unknown, not empty: keep every plugin running as it is, and look again soon.
+            if !shared.scan_failed.swap(true, Ordering::Relaxed) {
+                log::error!(
+                    "cannot read {}: {e}; the plugins loaded stay in service until it can be read",
+                    shared.config.plugins_dir.display()
+                );
+            }
+            return;
+        }
+    };
     let running: Vec<PluginId> = shared
         .slots
         .read()
@@ -669,7 +712,12 @@ fn load_version(
         )
     })?;
     // Messages name the operator's file, not the private copy.
-    let outcome = load_and_check(id, &copy, sha256)
+    let probed = match &shared.config.preflight {
+        Some(binary) => preflight::probe_in_child(binary, &copy),
+        None => Ok(()),
+    };
+    let outcome = probed
+        .and_then(|()| load_and_check(id, &copy, sha256))
         .map_err(|e| e.replace(&copy.display().to_string(), &path.display().to_string()));
     match outcome {
         Ok((library, manifest)) => Ok(Arc::new(PluginVersion::new(

@@ -253,7 +253,7 @@ impl ReportStore {
             .take(limit)
             .filter_map(|l| serde_json::from_slice(l).ok())
             .collect();
-        let next_page = (start + limit < lines.len()).then(|| (page + 1).to_string());
+        let next_page = (start.saturating_add(limit) < lines.len()).then(|| (page + 1).to_string());
         Ok(Some(RejectedPage { rows, next_page }))
     }
 

@@ -132,13 +132,17 @@ impl TokenDigest {
 
     /// Whether `token` hashes to this digest (compared in constant time).
     pub fn matches(&self, token: &str) -> bool {
-        let other = Self::of(token);
+        self.same_as(&Self::of(token))
+    }
+
+    /// Whether two digests are equal (compared in constant time).
+    pub fn same_as(&self, other: &TokenDigest) -> bool {
         self.0.iter().zip(other.0.iter()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
     }
 
     /// The digest as lower-case hex.
     pub fn to_hex(&self) -> String {
-        self.0.iter().map(|b| format!("{b:02x}")).collect()
+        hex::encode(self.0)
     }
 }
 
@@ -151,14 +155,9 @@ impl fmt::Debug for TokenDigest {
 impl TryFrom<String> for TokenDigest {
     type Error = String;
     fn try_from(s: String) -> Result<Self, String> {
-        let bad = || format!("{s:?} is not a SHA-256 digest (64 hex digits; `mysimbdp tenant token` makes one)");
-        if s.len() != 64 {
-            return Err(bad());
-        }
         let mut digest = [0u8; 32];
-        for (i, byte) in digest.iter_mut().enumerate() {
-            *byte = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).map_err(|_| bad())?;
-        }
+        hex::decode_to_slice(&s, &mut digest)
+            .map_err(|_| format!("{s:?} is not a SHA-256 digest (64 hex digits; `mysimbdp tenant token` makes one)"))?;
         Ok(TokenDigest(digest))
     }
 }
@@ -243,17 +242,53 @@ pub enum TenantsError {
     },
 }
 
+/// The file's top-level object, refusing a tenant id given twice (serde's maps keep the last,
+/// which would let one entry silently replace another, tokens included).
+struct TenantEntries(BTreeMap<TenantId, Tenant>);
+
+impl<'de> Deserialize<'de> for TenantEntries {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Entries;
+        impl<'de> serde::de::Visitor<'de> for Entries {
+            type Value = TenantEntries;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an object of tenants by id")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<TenantEntries, A::Error> {
+                let mut tenants = BTreeMap::new();
+                while let Some(id) = map.next_key::<TenantId>()? {
+                    if tenants.contains_key(&id) {
+                        return Err(serde::de::Error::custom(format!("tenant {id} is given twice")));
+                    }
+                    let tenant = map.next_value::<Tenant>()?;
+                    tenants.insert(id, tenant);
+                }
+                Ok(TenantEntries(tenants))
+            }
+        }
+        deserializer.deserialize_map(Entries)
+    }
+}
+
 impl Tenants {
     /// Parses the file's text; `path` is only for messages.
     pub fn parse(text: &str, path: &str) -> Result<Self, TenantsError> {
-        let tenants: BTreeMap<TenantId, Tenant> = serde_json::from_str(text).map_err(|e| TenantsError::Invalid {
-            path: path.to_string(),
-            line: e.line(),
-            column: e.column(),
-            reason: e
+        let TenantEntries(tenants) = serde_json::from_str(text).map_err(|e| {
+            let reason = e
                 .to_string()
                 .rsplit_once(" at line ")
-                .map_or_else(|| e.to_string(), |(r, _)| r.to_string()),
+                .map_or_else(|| e.to_string(), |(r, _)| r.to_string());
+            // A refused value (a digest, an id) is noticed at the end of its entry: point at the
+            // line that holds it instead, when it is there.
+            let (line, column) = quoted_prefix(&reason)
+                .and_then(|value| line_of(text, &value))
+                .map_or((e.line(), e.column()), |line| (line, 1));
+            TenantsError::Invalid {
+                path: path.to_string(),
+                line,
+                column,
+                reason,
+            }
         })?;
         let invalid = |tenant: &TenantId, reason: String| TenantsError::Invalid {
             path: path.to_string(),
@@ -323,8 +358,21 @@ impl Tenants {
 }
 
 fn line_of_key(text: &str, key: &str) -> usize {
-    let quoted = format!("\"{key}\"");
-    text.lines().position(|l| l.contains(&quoted)).map_or(0, |i| i + 1)
+    line_of(text, &format!("\"{key}\"")).unwrap_or(0)
+}
+
+/// The 1-based line of the first occurrence of `needle`.
+fn line_of(text: &str, needle: &str) -> Option<usize> {
+    text.lines().position(|l| l.contains(needle)).map(|i| i + 1)
+}
+
+/// The quoted value a reason starts with (`"abc" is not ...` gives `"abc"`), as JSON text.
+fn quoted_prefix(reason: &str) -> Option<String> {
+    let value: String = serde_json::Deserializer::from_str(reason)
+        .into_iter::<String>()
+        .next()?
+        .ok()?;
+    serde_json::to_string(&value).ok()
 }
 
 #[cfg(test)]
@@ -390,6 +438,31 @@ mod tests {
                 .to_string()
                 .contains("unknown field `max_filesize`")
         );
+    }
+
+    #[test]
+    fn a_digest_with_multi_byte_characters_is_refused_with_its_line_not_a_panic() {
+        let text = sample(&format!("é{}", "a".repeat(62)));
+        let err = Tenants::parse(&text, "c.json").unwrap_err().to_string();
+        assert!(
+            err.starts_with("c.json:9:1:") && err.contains("is not a SHA-256 digest"),
+            "{err}"
+        );
+        for digest in ["ééé", "€", &"é".repeat(32), &"0".repeat(63)] {
+            assert!(Tenants::parse(&sample(digest), "c.json").is_err(), "{digest}");
+        }
+    }
+
+    #[test]
+    fn a_tenant_given_twice_is_refused_with_the_line_of_the_second() {
+        let one = sample(&TokenDigest::of("x").to_hex());
+        let entry = one.trim().trim_start_matches('{').trim_end_matches('}');
+        let text = format!("{{{entry},{entry}}}");
+        let err = Tenants::parse(&text, "c.json").unwrap_err().to_string();
+        assert!(err.contains("tenant client1 is given twice"), "{err}");
+        let second = text.match_indices("\"client1\"").nth(1).unwrap().0;
+        let line = text[..second].matches('\n').count() + 1;
+        assert!(err.starts_with(&format!("c.json:{line}:")), "{err}");
     }
 
     #[test]

@@ -172,7 +172,14 @@ impl WatchState {
                     Ok(Signal::Stop) | Err(RecvTimeoutError::Disconnected) => return,
                 }
             }
-            self.reload();
+            // A bug in handling one edit must not end the watching: later edits (a tenant
+            // removed, that is, its access revoked) must still apply.
+            if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.reload())).is_err() {
+                log::error!(
+                    "the platform failed while reloading {}; keeping the configuration in force",
+                    self.path.display()
+                );
+            }
         }
     }
 

@@ -2,7 +2,9 @@
 //! any order). The wrangling is in `client1_readings`.
 
 use client1_readings::{CsvColumns, TENANT, readings_table};
-use plugin_api::{BatchIngestApp, FileInfo, Input, Output, PluginError, TableSpec, export_plugin};
+use plugin_api::{
+    BatchIngestApp, CappedLines, DEFAULT_MAX_LINE_BYTES, FileInfo, Input, Output, PluginError, TableSpec, export_plugin,
+};
 
 /// The plugin.
 pub struct Client1Csv;
@@ -21,7 +23,8 @@ impl BatchIngestApp for Client1Csv {
             .has_headers(false)
             .flexible(true)
             .buffer_capacity(256 * 1024)
-            .from_reader(input);
+            // A record longer than the cap is rejected, not held in memory.
+            .from_reader(CappedLines::new(input, DEFAULT_MAX_LINE_BYTES));
         let mut record = csv::ByteRecord::new();
         if !reader.read_byte_record(&mut record).map_err(csv_error)? {
             return Err(PluginError::invalid_input("the file is empty: expected a header line"));
@@ -29,6 +32,7 @@ impl BatchIngestApp for Client1Csv {
         let header: Vec<String> = record.iter().map(|f| String::from_utf8_lossy(f).into_owned()).collect();
         let columns = CsvColumns::from_header(header.iter().map(String::as_str))?;
         while reader.read_byte_record(&mut record).map_err(csv_error)? {
+            reader.get_mut().reject_long_lines(out)?;
             let line = record.position().map_or(0, |p| p.line());
             // One UTF-8 check for the whole record; a field is its range of that text (`get`
             // refuses a range that is not on character boundaries).
@@ -46,7 +50,7 @@ impl BatchIngestApp for Client1Csv {
                 }
             }
         }
-        Ok(())
+        reader.get_mut().reject_long_lines(out)
     }
 }
 

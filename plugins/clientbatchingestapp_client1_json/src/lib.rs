@@ -3,10 +3,15 @@
 //! memory does not grow with the file. A rejected reading's position is its line (JSON Lines)
 //! or its 1-based element number (array). The wrangling is in `client1_readings`.
 
+use std::cell::Cell;
 use std::io::{BufRead, BufReader, Read};
+use std::rc::Rc;
 
 use client1_readings::{TENANT, push_json, readings_table};
-use plugin_api::{BatchIngestApp, FileInfo, Input, Output, PluginError, TableId, TableSpec, export_plugin};
+use plugin_api::{
+    BatchIngestApp, CappedLines, DEFAULT_MAX_LINE_BYTES, FileInfo, Input, Output, PluginError, TableId, TableSpec,
+    export_plugin,
+};
 use serde::de::{DeserializeSeed, Deserializer, SeqAccess, Visitor};
 
 /// The plugin.
@@ -45,9 +50,17 @@ impl BatchIngestApp for Client1Json {
 }
 
 fn ingest_lines(reader: impl BufRead, table: TableId, out: &mut Output) -> Result<(), PluginError> {
-    for (index, line) in reader.split(b'\n').enumerate() {
-        let line = line?;
-        let number = index as u64 + 1;
+    // A line longer than the cap is rejected, not held in memory.
+    let mut lines = BufReader::new(CappedLines::new(reader, DEFAULT_MAX_LINE_BYTES));
+    let mut line = Vec::new();
+    let mut number = 0u64;
+    loop {
+        line.clear();
+        if lines.read_until(b'\n', &mut line)? == 0 {
+            break;
+        }
+        number += 1;
+        lines.get_mut().reject_long_lines(out)?;
         let text = String::from_utf8_lossy(&line);
         let text = text.trim();
         if text.is_empty() {
@@ -58,16 +71,22 @@ fn ingest_lines(reader: impl BufRead, table: TableId, out: &mut Output) -> Resul
             Err(e) => out.reject(number, format!("not valid JSON: {e}"), text)?,
         }
     }
-    Ok(())
+    lines.get_mut().reject_long_lines(out)
 }
 
 fn ingest_array(reader: impl Read, table: TableId, out: &mut Output) -> Result<(), PluginError> {
+    let budget = Rc::new(Cell::new(0u64));
+    let reader = ElementBudget {
+        inner: reader,
+        read: Rc::clone(&budget),
+    };
     let mut deserializer = serde_json::Deserializer::from_reader(reader);
     let mut failure = None;
     let result = deserializer.deserialize_seq(ArrayVisitor {
         table,
         out,
         failure: &mut failure,
+        budget: &budget,
     });
     if let Some(error) = failure {
         return Err(error);
@@ -82,6 +101,28 @@ struct ArrayVisitor<'o> {
     table: TableId,
     out: &'o mut Output,
     failure: &'o mut Option<PluginError>,
+    budget: &'o Cell<u64>,
+}
+
+/// Counts the bytes read since the current element began, and stops the file at an element
+/// longer than [`DEFAULT_MAX_LINE_BYTES`]: in one JSON array nothing after such an element can
+/// be found without reading it, and memory must not grow with it.
+struct ElementBudget<R> {
+    inner: R,
+    read: Rc<Cell<u64>>,
+}
+
+impl<R: Read> Read for ElementBudget<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.read.get() > DEFAULT_MAX_LINE_BYTES as u64 {
+            return Err(std::io::Error::other(format!(
+                "an element of the array is longer than {DEFAULT_MAX_LINE_BYTES} bytes"
+            )));
+        }
+        let n = self.inner.read(buf)?;
+        self.read.set(self.read.get() + n as u64);
+        Ok(n)
+    }
 }
 
 impl<'de> Visitor<'de> for ArrayVisitor<'_> {
@@ -93,7 +134,9 @@ impl<'de> Visitor<'de> for ArrayVisitor<'_> {
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
         let mut index = 0u64;
+        self.budget.set(0);
         while let Some(value) = seq.next_element_seed(ElementSeed)? {
+            self.budget.set(0);
             index += 1;
             let raw = value.to_string();
             if let Err(error) = push_json(self.out, self.table, index, &value, &raw) {

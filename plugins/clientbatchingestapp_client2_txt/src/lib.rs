@@ -3,7 +3,9 @@
 //! `client2_invocations`.
 
 use client2_invocations::{KEYS, TENANT, invocations_table, row_from_text};
-use plugin_api::{BatchIngestApp, FileInfo, Input, Output, PluginError, TableSpec, export_plugin};
+use plugin_api::{
+    BatchIngestApp, CappedLines, DEFAULT_MAX_LINE_BYTES, FileInfo, Input, Output, PluginError, TableSpec, export_plugin,
+};
 
 /// The plugin.
 pub struct Client2Txt;
@@ -22,7 +24,8 @@ impl BatchIngestApp for Client2Txt {
             .has_headers(false)
             .flexible(true)
             .buffer_capacity(256 * 1024)
-            .from_reader(input);
+            // A record longer than the cap is rejected, not held in memory.
+            .from_reader(CappedLines::new(input, DEFAULT_MAX_LINE_BYTES));
         let mut record = csv::ByteRecord::new();
         if !reader.read_byte_record(&mut record).map_err(csv_error)? {
             return Err(PluginError::invalid_input(
@@ -41,6 +44,7 @@ impl BatchIngestApp for Client2Txt {
             )));
         }
         while reader.read_byte_record(&mut record).map_err(csv_error)? {
+            reader.get_mut().reject_long_lines(out)?;
             let line = record.position().map_or(0, |p| p.line());
             let fields: Result<Vec<&str>, _> = record.iter().map(std::str::from_utf8).collect();
             let outcome = match &fields {
@@ -55,7 +59,7 @@ impl BatchIngestApp for Client2Txt {
                 }
             }
         }
-        Ok(())
+        reader.get_mut().reject_long_lines(out)
     }
 }
 
