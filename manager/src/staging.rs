@@ -15,6 +15,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
+use crate::durable::write_durably;
+use crate::source::FileId;
 use crate::tenants::{FileType, TenantId};
 
 /// The folder's name in the platform's root.
@@ -22,23 +24,6 @@ pub const STAGING_DIR: &str = "client-staging-input-directory";
 
 /// The sub-folder where files that failed are kept for the operator.
 pub const FAILED_DIR: &str = ".failed";
-
-/// A staged file's id: its receive time in nanoseconds since the epoch, as text in the API.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub struct FileId(pub u64);
-
-impl std::fmt::Display for FileId {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}", self.0)
-    }
-}
-
-impl std::str::FromStr for FileId {
-    type Err = std::num::ParseIntError;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        s.parse().map(FileId)
-    }
-}
 
 /// A file in staging.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -280,26 +265,6 @@ impl Staging {
 /// `<id>_<tenant>.<type>`.
 pub fn staged_name(id: FileId, tenant: &TenantId, file_type: &FileType) -> String {
     format!("{id}_{tenant}.{file_type}")
-}
-
-/// Writes a file through a temporary name, fsyncs it and renames it into place.
-pub fn write_durably(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let tmp = path.with_extension("tmp");
-    let mut file = File::create(&tmp)?;
-    file.write_all(bytes)?;
-    file.sync_all()?;
-    fs::rename(&tmp, path)?;
-    if let Some(parent) = path.parent() {
-        File::open(parent)?.sync_all()?;
-    }
-    Ok(())
-}
-
-/// Seconds since the epoch, now.
-pub fn unix_now() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64())
 }
 
 #[cfg(test)]

@@ -93,7 +93,7 @@ impl FairQueue {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::staging::FileId;
+    use crate::source::FileId;
 
     fn file(tenant: &str, id: u64) -> StagedFile {
         StagedFile {

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
 
-use crate::staging::FileId;
+use crate::source::FileId;
 use crate::tenants::TenantId;
 
 /// Where a file is before its report.

@@ -559,9 +559,13 @@ fn encode_page_token(key: &[Value]) -> String {
 
 fn token_json(v: &Value) -> serde_json::Value {
     match v {
-        Value::Timestamp(ms) => (*ms).into(),
+        Value::Null => serde_json::Value::Null,
+        Value::Text(s) => s.clone().into(),
+        Value::BigInt(n) | Value::Timestamp(n) => (*n).into(),
+        Value::Int(n) => (*n).into(),
+        Value::Double(n) => serde_json::Number::from_f64(*n).map_or(serde_json::Value::Null, Into::into),
+        Value::Boolean(b) => (*b).into(),
         Value::Blob(b) => b.iter().map(|&x| serde_json::Value::from(x)).collect(),
-        other => other.to_json(),
     }
 }
 

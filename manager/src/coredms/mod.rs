@@ -12,7 +12,6 @@
 pub mod cassandra;
 pub mod embedded;
 mod limiter;
-pub mod schema;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,8 +19,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde::Serialize;
 
+pub use crate::schema::{Column, ColumnType, Rows, TableChange, TableSchema, Value};
 pub use limiter::WriteLimiter;
-pub use schema::{Column, ColumnType, Rows, TableChange, TableSchema, Value};
 
 use crate::tenants::{ReplicationClass, TenantId};
 
@@ -193,24 +192,10 @@ pub(crate) fn find_table<'t>(
     })
 }
 
-/// Checks a declaration with the rules every plugin's declaration follows
-/// (`plugin_api::TableSpec::validate`: identifiers, no reserved `mysimbdp_` prefix, a partition
-/// key, key columns that exist and are not nullable): tables normally arrive through a checked
-/// plugin manifest, but a backend builds statements from these names, so it checks again.
+/// Checks a declaration again ([`TableSchema::validate`]): tables normally arrive through a
+/// checked plugin manifest, but a backend builds statements from these names.
 pub(crate) fn check_declaration(tenant: &TenantId, table: &TableSchema) -> Result<(), StoreError> {
-    // The rules do not depend on column types, so every column is declared as text here.
-    let mut spec = plugin_api::TableSpec::new(&table.name);
-    for column in &table.columns {
-        spec = if column.nullable {
-            spec.nullable_column(&column.name, plugin_api::ColumnType::Text)
-        } else {
-            spec.column(&column.name, plugin_api::ColumnType::Text)
-        };
-    }
-    let partition_key: Vec<&str> = table.partition_key.iter().map(String::as_str).collect();
-    let clustering_key: Vec<&str> = table.clustering_key.iter().map(String::as_str).collect();
-    spec = spec.partition_key(&partition_key).clustering_key(&clustering_key);
-    spec.validate().map_err(|e| {
+    table.validate().map_err(|e| {
         StoreError::new(
             StoreErrorKind::Invalid,
             format!("tenant {tenant}: invalid table declaration: {e}"),

@@ -8,7 +8,8 @@ use hyper::{Request, Response, StatusCode};
 use serde_json::json;
 
 use super::{ApiError, ApiState, auth, json, limit_param, query};
-use crate::staging::FileId;
+use crate::schema::Value;
+use crate::source::FileId;
 use crate::tenants::{Tenant, TenantId};
 
 /// `GET /v1/plugins` (admin): every plugin's status.
@@ -130,7 +131,7 @@ pub(super) async fn tenant_get(
                         .columns
                         .iter()
                         .zip(row)
-                        .map(|(c, v)| (c.name.clone(), v.to_json()))
+                        .map(|(c, v)| (c.name.clone(), value_json(v)))
                         .collect();
                     serde_json::Value::Object(object)
                 })
@@ -170,5 +171,42 @@ fn file_status(state: &ApiState, tenant: &TenantId, file: &str) -> Result<Respon
             &json!({ "file_id": file.to_string(), "status": report.status, "report": report }),
         )),
         None => Err(ApiError::not_found(no_report(tenant, file))),
+    }
+}
+
+/// A stored value as JSON for a person: timestamps as RFC 3339 UTC text with milliseconds,
+/// blobs as hex text, doubles that JSON cannot hold (NaN, infinities) as text.
+pub(super) fn value_json(value: &Value) -> serde_json::Value {
+    match value {
+        Value::Null => serde_json::Value::Null,
+        Value::Text(s) => s.clone().into(),
+        Value::BigInt(v) => (*v).into(),
+        Value::Int(v) => (*v).into(),
+        Value::Double(v) => serde_json::Number::from_f64(*v).map_or_else(|| v.to_string().into(), Into::into),
+        Value::Boolean(v) => (*v).into(),
+        Value::Timestamp(ms) => {
+            let mut s = String::with_capacity(27);
+            plugin_api::time::format_iso8601_millis(&mut s, *ms);
+            // `...15.496000Z` → `...15.496Z`
+            s.replace_range(s.len() - 4..s.len() - 1, "");
+            s.into()
+        }
+        Value::Blob(b) => hex::encode(b).into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_render_as_json_a_person_can_read() {
+        assert_eq!(
+            value_json(&Value::Timestamp(1_541_023_215_496)),
+            "2018-10-31T22:00:15.496Z"
+        );
+        assert_eq!(value_json(&Value::Timestamp(-1)), "1969-12-31T23:59:59.999Z");
+        assert_eq!(value_json(&Value::Blob(vec![0, 255])), "00ff");
+        assert_eq!(value_json(&Value::Double(f64::NAN)), "NaN");
     }
 }

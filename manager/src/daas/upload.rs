@@ -16,7 +16,8 @@ use hyper::{Request, Response, StatusCode, header};
 use super::{ApiError, ApiState, auth, json, query};
 use crate::batch::UploadReservation;
 use crate::coredms::TenantStorage;
-use crate::staging::{IncomingFile, UploadMeta, unix_now};
+use crate::durable::unix_now;
+use crate::staging::{IncomingFile, UploadMeta};
 use crate::telemetry::{FileAccepted, UploadRefused};
 use crate::tenants::{FileType, Tenant, TenantId};
 

@@ -5,9 +5,9 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 use super::loader::LoadedLibrary;
+use super::manifest::{check_identity, convert_manifest, hash_file};
 use super::naming::PluginId;
 use super::version::PluginManifest;
-use super::{check_identity, convert_manifest, hash_file};
 
 /// The outcome of a check.
 #[derive(Debug)]
@@ -36,13 +36,13 @@ pub fn check_file(path: &Path, deployed_as: Option<&str>, probe_binary: Option<&
         None => PluginId::from_path(path),
     };
     let sha256 = hash_file(path).ok();
-    if let Some(Err(reason)) = probe_binary.map(|binary| super::preflight::probe_in_child(binary, path)) {
+    if let Some(Err(problem)) = probe_binary.map(|binary| super::preflight::probe_in_child(binary, path)) {
         return CheckReport {
             file: path.to_path_buf(),
             sha256,
             id,
             manifest: None,
-            verdict: Err(reason),
+            verdict: Err(problem.message),
             notes: Vec::new(),
         };
     }

@@ -11,6 +11,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use super::loader::LoadedLibrary;
+use super::status::{LoadFailureKind, LoadProblem};
 
 /// How long a child may take to load a library before it is killed and the load refused.
 pub const PROBE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -30,7 +31,12 @@ pub fn probe_here(file: &Path) -> Result<(), String> {
 
 /// Loads `file` in a child running `binary plugin probe FILE`; `Err` says why the platform must
 /// not load it.
-pub fn probe_in_child(binary: &Path, file: &Path) -> Result<(), String> {
+pub fn probe_in_child(binary: &Path, file: &Path) -> Result<(), LoadProblem> {
+    probe(binary, file).map_err(|(kind, message)| LoadProblem::new(kind, message))
+}
+
+fn probe(binary: &Path, file: &Path) -> Result<(), (LoadFailureKind, String)> {
+    let unreadable = |message: String| (LoadFailureKind::Unreadable, message);
     let mut child = Command::new(binary)
         .args(PROBE_ARGS)
         .arg(file)
@@ -39,7 +45,12 @@ pub fn probe_in_child(binary: &Path, file: &Path) -> Result<(), String> {
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
-        .map_err(|e| format!("cannot start a process to check it ({}): {e}", binary.display()))?;
+        .map_err(|e| {
+            unreadable(format!(
+                "cannot start a process to check it ({}): {e}",
+                binary.display()
+            ))
+        })?;
     let started = Instant::now();
     let status = loop {
         match child.try_wait() {
@@ -48,12 +59,15 @@ pub fn probe_in_child(binary: &Path, file: &Path) -> Result<(), String> {
             Ok(None) => {
                 let _ = child.kill();
                 let _ = child.wait();
-                return Err(format!(
-                    "loading it did not finish within {} s in a checking process",
-                    PROBE_TIMEOUT.as_secs()
+                return Err((
+                    LoadFailureKind::Crashed,
+                    format!(
+                        "loading it did not finish within {} s in a checking process",
+                        PROBE_TIMEOUT.as_secs()
+                    ),
                 ));
             }
-            Err(e) => return Err(format!("cannot wait for the checking process: {e}")),
+            Err(e) => return Err(unreadable(format!("cannot wait for the checking process: {e}"))),
         }
     };
     let mut output = String::new();
@@ -64,17 +78,23 @@ pub fn probe_in_child(binary: &Path, file: &Path) -> Result<(), String> {
         return Ok(());
     }
     if let Some(signal) = status.signal() {
-        return Err(format!(
-            "loading it crashed a checking process ({}): the platform does not load it",
-            signal_name(signal)
+        return Err((
+            LoadFailureKind::Crashed,
+            format!(
+                "loading it crashed a checking process ({}): the platform does not load it",
+                signal_name(signal)
+            ),
         ));
     }
     let reason = output.trim();
-    Err(if reason.is_empty() {
-        format!("the checking process refused it ({status})")
-    } else {
-        reason.to_string()
-    })
+    Err((
+        LoadFailureKind::NotLoadable,
+        if reason.is_empty() {
+            format!("the checking process refused it ({status})")
+        } else {
+            reason.to_string()
+        },
+    ))
 }
 
 fn signal_name(signal: i32) -> String {

@@ -1,9 +1,11 @@
 //! One loaded version of a plugin and the threads it owns.
 //!
-//! Every call into a version runs on a thread the version spawned for it; the version keeps
-//! the handles. Retiring a version stops new calls, waits for the calls in flight, joins every
-//! thread (so the plugin's thread-local destructors have run), and only then closes the
-//! library: with no thread-local destructor left registered, `dlclose` really unmaps it.
+//! Every call into a version runs on a thread the version spawned for it (a file's call, or a
+//! stream instance for its whole life); the version keeps the handles. Retiring a version stops
+//! new calls, fires its cancellation token (instances close at their next batch boundary),
+//! waits for the calls in flight, joins every thread (so the plugin's thread-local destructors
+//! have run), and only then closes the library: with no thread-local destructor left
+//! registered, `dlclose` really unmaps it.
 //!
 //! A version that fails several calls in a row (panics or internal errors, not bad input) is
 //! quarantined: it takes no more work and says why, until a new file replaces it.
@@ -17,9 +19,11 @@ use std::time::{Duration, Instant};
 use plugin_api::ErrorKind;
 use serde::Serialize;
 
+use tokio_util::sync::CancellationToken;
+
 use super::loader::{CallError, LoadedLibrary, thread_cpu_ns};
 use super::naming::PluginId;
-use crate::coredms::TableSchema;
+use crate::schema::TableSchema;
 
 /// What a plugin declared, in host types.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -94,8 +98,11 @@ pub struct PluginVersion {
     pub sha256: String,
     /// What it declared.
     pub manifest: PluginManifest,
-    /// When it was loaded.
-    pub loaded_at: std::time::SystemTime,
+    /// Its tables, by the index a plugin's batches name them with.
+    pub(super) tables: Vec<Arc<TableSchema>>,
+    /// Fired by [`retire`](Self::retire): long-lived threads (stream instances) stop at their
+    /// next boundary.
+    pub(super) retired: CancellationToken,
     library: RwLock<Option<LoadedLibrary>>,
     private_copy: PathBuf,
     state: Mutex<VersionState>,
@@ -131,8 +138,9 @@ impl PluginVersion {
             id,
             generation,
             sha256,
+            tables: manifest.tables.iter().cloned().map(Arc::new).collect(),
             manifest,
-            loaded_at: std::time::SystemTime::now(),
+            retired: CancellationToken::new(),
             library: RwLock::new(Some(library)),
             private_copy,
             state: Mutex::new(VersionState::Active),
@@ -165,7 +173,8 @@ impl PluginVersion {
     }
 
     /// Runs `call` on a new thread owned by this version and returns a receiver for its
-    /// result. The closure gets the library; it must not keep anything the plugin allocated.
+    /// result; the thread's CPU time is added to the version's usage. The closure gets the
+    /// library; it must not keep anything the plugin allocated.
     pub fn spawn_call<R, F>(
         self: &Arc<Self>,
         purpose: &str,
@@ -175,40 +184,34 @@ impl PluginVersion {
         R: Send + 'static,
         F: FnOnce(&LoadedLibrary) -> R + Send + 'static,
     {
-        let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        match &*state {
-            VersionState::Active => {}
-            VersionState::Quarantined { reason } => {
-                return Err(CallRefused::Quarantined {
-                    plugin: self.id.to_string(),
-                    version: self.plugin_version().to_string(),
-                    reason: reason.clone(),
-                });
-            }
-            VersionState::Retiring => {
-                return Err(CallRefused::Retiring {
-                    plugin: self.id.to_string(),
-                    version: self.plugin_version().to_string(),
-                });
-            }
-        }
         let (tx, rx) = tokio::sync::oneshot::channel();
+        self.spawn_owned(purpose, move |version, library| {
+            let started = thread_cpu_ns();
+            let result = call(library);
+            version.add_cpu(thread_cpu_ns().saturating_sub(started));
+            version.usage.calls.fetch_add(1, Ordering::Relaxed);
+            let _ = tx.send(result);
+        })?;
+        Ok(rx)
+    }
+
+    /// Runs `work` on a new thread owned by this version, for as long as it takes (a stream
+    /// instance runs for the instance's life). The version counts it as a call in flight, so
+    /// it is not unloaded before the thread ends; retiring it fires [`retired`](Self::retired).
+    pub(super) fn spawn_owned<F>(self: &Arc<Self>, purpose: &str, work: F) -> Result<(), CallRefused>
+    where
+        F: FnOnce(&Arc<PluginVersion>, &LoadedLibrary) + Send + 'static,
+    {
+        self.check_takes_work()?;
         let version = Arc::clone(self);
         self.calls_in_flight.fetch_add(1, Ordering::SeqCst);
         let name = format!("plugin-{}-g{}-{purpose}", self.id.tenant, self.generation);
         let spawned = std::thread::Builder::new().name(name).spawn(move || {
-            let started = thread_cpu_ns();
-            let result = {
+            {
                 let library = version.library.read().unwrap_or_else(|e| e.into_inner());
-                library.as_ref().map(call)
-            };
-            version
-                .usage
-                .cpu_ns
-                .fetch_add(thread_cpu_ns().saturating_sub(started), Ordering::Relaxed);
-            version.usage.calls.fetch_add(1, Ordering::Relaxed);
-            if let Some(result) = result {
-                let _ = tx.send(result);
+                if let Some(library) = library.as_ref() {
+                    work(&version, library);
+                }
             }
             version.calls_in_flight.fetch_sub(1, Ordering::SeqCst);
         });
@@ -217,7 +220,7 @@ impl PluginVersion {
                 let mut threads = self.threads.lock().unwrap_or_else(|e| e.into_inner());
                 reap_finished(&mut threads);
                 threads.push(handle);
-                Ok(rx)
+                Ok(())
             }
             Err(e) => {
                 self.calls_in_flight.fetch_sub(1, Ordering::SeqCst);
@@ -227,6 +230,27 @@ impl PluginVersion {
                 })
             }
         }
+    }
+
+    /// `Err` unless the version is active.
+    pub(super) fn check_takes_work(&self) -> Result<(), CallRefused> {
+        match &*self.state.lock().unwrap_or_else(|e| e.into_inner()) {
+            VersionState::Active => Ok(()),
+            VersionState::Quarantined { reason } => Err(CallRefused::Quarantined {
+                plugin: self.id.to_string(),
+                version: self.plugin_version().to_string(),
+                reason: reason.clone(),
+            }),
+            VersionState::Retiring => Err(CallRefused::Retiring {
+                plugin: self.id.to_string(),
+                version: self.plugin_version().to_string(),
+            }),
+        }
+    }
+
+    /// Adds CPU time a thread of this version used.
+    pub(super) fn add_cpu(&self, ns: u64) {
+        self.usage.cpu_ns.fetch_add(ns, Ordering::Relaxed);
     }
 
     /// Counts a call's outcome; quarantines after too many failures in a row. Returns true
@@ -262,9 +286,11 @@ impl PluginVersion {
         }
     }
 
-    /// Stops new calls. [`try_unload`](Self::try_unload) finishes the job.
+    /// Stops new calls and tells long-lived threads to stop at their next boundary.
+    /// [`try_unload`](Self::try_unload) finishes the job once they have.
     pub(super) fn retire(&self) {
         *self.state.lock().unwrap_or_else(|e| e.into_inner()) = VersionState::Retiring;
+        self.retired.cancel();
     }
 
     /// If no call is in flight: joins the version's threads, closes the library and deletes the

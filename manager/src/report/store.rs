@@ -9,7 +9,8 @@ use std::sync::{Arc, Mutex};
 use serde::{Deserialize, Serialize};
 
 use super::{FileReport, IngestStats, RejectedRows, SegmentedLog, StatsSnapshot};
-use crate::staging::{FileId, write_durably};
+use crate::durable::write_durably;
+use crate::source::{FileId, Source};
 use crate::tenants::TenantId;
 
 /// Settings of the reports.
@@ -37,17 +38,49 @@ impl Default for ReportsConfig {
     }
 }
 
-/// One rejected row as the API returns it.
+/// One rejected record as the tenant reads it back.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RejectedRow {
-    /// The file.
-    pub file_id: String,
-    /// 1-based line (0 when unknown).
-    pub line: u64,
+    /// The file it came from (a file's rows).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file_id: Option<String>,
+    /// Its line in the file (0 when unknown).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub line: Option<u64>,
+    /// The partition it came from (a message).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partition: Option<u32>,
+    /// Its offset in the partition.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offset: Option<u64>,
     /// Why.
     pub reason: String,
     /// The raw input.
     pub raw: String,
+}
+
+impl RejectedRow {
+    /// A record of `source` at `position` (a line, or an offset).
+    pub fn of(source: Source, position: u64, reason: String, raw: String) -> Self {
+        match source {
+            Source::File(id) => RejectedRow {
+                file_id: Some(id.to_string()),
+                line: Some(position),
+                partition: None,
+                offset: None,
+                reason,
+                raw,
+            },
+            Source::Stream { partition, .. } => RejectedRow {
+                file_id: None,
+                line: None,
+                partition: Some(partition),
+                offset: Some(position),
+                reason,
+                raw,
+            },
+        }
+    }
 }
 
 /// A page of a file's rejected rows.

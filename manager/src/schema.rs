@@ -1,6 +1,10 @@
-//! Tables, values and rows as coredms stores them, whatever the backend.
+//! Tables, values and rows in host memory: the leaf that the plugin host (which checks what a
+//! plugin sends against them), coredms (which stores them) and the API (which shows them) share.
+//! It depends on nothing else of the platform's, and not on plugin-api: a table reaches it as a
+//! checked declaration, and [`TableSchema::validate`] holds the host's own copy of the rules a
+//! declaration follows, so storage never relies on a plugin having checked its tables.
 
-use std::fmt::{self, Write as _};
+use std::fmt;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
@@ -68,7 +72,73 @@ pub struct TableSchema {
     pub clustering_key: Vec<String>,
 }
 
+/// The longest table or column name accepted (Cassandra's limit, with room for prefixes).
+pub const MAX_IDENTIFIER_LEN: usize = 48;
+
+/// Table names with this prefix belong to the platform.
+pub const RESERVED_TABLE_PREFIX: &str = "mysimbdp_";
+
+/// Checks a table or column name: `[a-z][a-z0-9_]*`, at most [`MAX_IDENTIFIER_LEN`] bytes, so
+/// it is safe in a statement as it is.
+pub fn check_identifier(name: &str) -> Result<(), String> {
+    let mut chars = name.chars();
+    match chars.next() {
+        None => return Err("is empty".into()),
+        Some(c) if !c.is_ascii_lowercase() => return Err("must start with a lower-case ASCII letter".into()),
+        Some(_) => {}
+    }
+    if name.len() > MAX_IDENTIFIER_LEN {
+        return Err(format!("is longer than {MAX_IDENTIFIER_LEN} bytes"));
+    }
+    if !chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_') {
+        return Err("may only hold a-z, 0-9 and _".into());
+    }
+    Ok(())
+}
+
 impl TableSchema {
+    /// Checks the rules every declaration follows (the same as plugin-api's
+    /// `TableSpec::validate`, which a test keeps in step): valid names, no reserved prefix, no
+    /// duplicate columns, a non-empty partition key, key columns that exist, are not nullable
+    /// and appear once.
+    pub fn validate(&self) -> Result<(), String> {
+        let table = self.name.as_str();
+        check_identifier(table).map_err(|e| format!("table name {table:?}: {e}"))?;
+        if table.starts_with(RESERVED_TABLE_PREFIX) {
+            return Err(format!(
+                "table name {table:?}: the prefix {RESERVED_TABLE_PREFIX:?} is reserved"
+            ));
+        }
+        if self.columns.is_empty() {
+            return Err(format!("table {table:?} has no columns"));
+        }
+        for (i, column) in self.columns.iter().enumerate() {
+            let name = column.name.as_str();
+            check_identifier(name).map_err(|e| format!("table {table:?}, column {name:?}: {e}"))?;
+            if self.columns[..i].iter().any(|c| c.name == column.name) {
+                return Err(format!("table {table:?}: column {name:?} is declared twice"));
+            }
+        }
+        if self.partition_key.is_empty() {
+            return Err(format!("table {table:?} has no partition key"));
+        }
+        let keys: Vec<&String> = self.partition_key.iter().chain(&self.clustering_key).collect();
+        for (i, key) in keys.iter().enumerate() {
+            let Some(column) = self.columns.iter().find(|c| &&c.name == key) else {
+                return Err(format!("table {table:?}: key column {key:?} is not a column"));
+            };
+            if column.nullable {
+                return Err(format!(
+                    "table {table:?}: key column {key:?} is nullable; key columns must have a value"
+                ));
+            }
+            if keys[..i].contains(key) {
+                return Err(format!("table {table:?}: key column {key:?} is used twice"));
+            }
+        }
+        Ok(())
+    }
+
     /// Positions of the partition key columns.
     pub fn partition_key_indices(&self) -> Vec<usize> {
         self.key_indices(&self.partition_key)
@@ -290,40 +360,20 @@ impl Value {
             Value::Boolean(_) => 1,
         }
     }
-
-    /// The value as JSON, for the read API: timestamps as RFC 3339 text, blobs as hex text,
-    /// non-finite doubles as text.
-    pub fn to_json(&self) -> serde_json::Value {
-        match self {
-            Value::Null => serde_json::Value::Null,
-            Value::Text(s) => s.clone().into(),
-            Value::BigInt(v) => (*v).into(),
-            Value::Int(v) => (*v).into(),
-            Value::Double(v) => serde_json::Number::from_f64(*v).map_or_else(|| v.to_string().into(), Into::into),
-            Value::Boolean(v) => (*v).into(),
-            Value::Timestamp(ms) => {
-                let mut s = String::with_capacity(24);
-                plugin_api::time::format_iso8601_millis(&mut s, *ms);
-                // `...15.496000Z` → `...15.496Z`
-                s.replace_range(s.len() - 4..s.len() - 1, "");
-                s.into()
-            }
-            Value::Blob(b) => {
-                let mut s = String::with_capacity(2 * b.len());
-                for byte in b {
-                    let _ = write!(s, "{byte:02x}");
-                }
-                s.into()
-            }
-        }
-    }
 }
 
+/// For messages and the raw text of a rejected row: text quoted, bytes in hex, timestamps as
+/// milliseconds.
 impl fmt::Display for Value {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Value::Null => f.write_str("null"),
-            other => write!(f, "{}", other.to_json()),
+            Value::Text(s) => write!(f, "{s:?}"),
+            Value::BigInt(n) | Value::Timestamp(n) => write!(f, "{n}"),
+            Value::Int(n) => write!(f, "{n}"),
+            Value::Double(n) => write!(f, "{n}"),
+            Value::Boolean(b) => write!(f, "{b}"),
+            Value::Blob(b) => f.write_str(&hex::encode(b)),
         }
     }
 }
@@ -461,12 +511,57 @@ mod tests {
     }
 
     #[test]
-    fn values_render_as_json_a_person_can_read() {
-        assert_eq!(
-            Value::Timestamp(1_541_023_215_496).to_json(),
-            "2018-10-31T22:00:15.496Z"
-        );
-        assert_eq!(Value::Blob(vec![0, 255]).to_json(), "00ff");
-        assert_eq!(Value::Double(f64::NAN).to_json(), "NaN");
+    fn declarations_follow_the_same_rules_as_the_sdks() {
+        let cases: Vec<plugin_api::TableSpec> = vec![
+            plugin_api::TableSpec::new("readings")
+                .column("dev_id", plugin_api::ColumnType::Text)
+                .nullable_column("v", plugin_api::ColumnType::Double)
+                .partition_key(&["dev_id"]),
+            plugin_api::TableSpec::new("Readings")
+                .column("a", plugin_api::ColumnType::Int)
+                .partition_key(&["a"]),
+            plugin_api::TableSpec::new("mysimbdp_x")
+                .column("a", plugin_api::ColumnType::Int)
+                .partition_key(&["a"]),
+            plugin_api::TableSpec::new("t").column("a", plugin_api::ColumnType::Int),
+            plugin_api::TableSpec::new("t")
+                .nullable_column("a", plugin_api::ColumnType::Int)
+                .partition_key(&["a"]),
+            plugin_api::TableSpec::new("t")
+                .column("a", plugin_api::ColumnType::Int)
+                .column("a", plugin_api::ColumnType::Text)
+                .partition_key(&["a"]),
+            plugin_api::TableSpec::new("t")
+                .column("a-b", plugin_api::ColumnType::Int)
+                .partition_key(&["a-b"]),
+            plugin_api::TableSpec::new("t")
+                .column("a", plugin_api::ColumnType::Int)
+                .partition_key(&["a"])
+                .clustering_key(&["a"]),
+            plugin_api::TableSpec::new("t")
+                .column("a", plugin_api::ColumnType::Int)
+                .partition_key(&["b"]),
+            plugin_api::TableSpec::new(&"t".repeat(49))
+                .column("a", plugin_api::ColumnType::Int)
+                .partition_key(&["a"]),
+            plugin_api::TableSpec::new("t"),
+        ];
+        for spec in cases {
+            let host = TableSchema {
+                name: spec.name.to_string(),
+                columns: spec
+                    .columns
+                    .iter()
+                    .map(|c| Column {
+                        name: c.name.to_string(),
+                        column_type: ColumnType::Text,
+                        nullable: c.nullable,
+                    })
+                    .collect(),
+                partition_key: spec.partition_key.iter().map(|k| k.to_string()).collect(),
+                clustering_key: spec.clustering_key.iter().map(|k| k.to_string()).collect(),
+            };
+            assert_eq!(host.validate(), spec.validate(), "{}", spec.name);
+        }
     }
 }
