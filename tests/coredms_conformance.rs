@@ -11,7 +11,6 @@
 //! inspection.
 
 use std::collections::HashMap;
-use std::io::Write as _;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -24,7 +23,6 @@ use mysimbdp::coredms::{
 use mysimbdp::tenants::{ReplicationClass, TenantId};
 
 const CASSANDRA_VAR: &str = "MYSIMBDP_TEST_CASSANDRA";
-const REQUIRE_VAR: &str = "MYSIMBDP_REQUIRE_SERVICES";
 
 /// One backend under test, and the tenants a test opened in it.
 struct Backend {
@@ -155,21 +153,7 @@ async fn connect_cassandra(address: &str) -> Arc<dyn CoreDms> {
 }
 
 fn cassandra_address() -> Option<String> {
-    match std::env::var(CASSANDRA_VAR) {
-        Ok(address) if !address.is_empty() => Some(address),
-        _ if std::env::var(REQUIRE_VAR).as_deref() == Ok("1") => panic!(
-            "{REQUIRE_VAR}=1 but {CASSANDRA_VAR} is not set: start Cassandra (scripts/services.sh start cassandra) \
-             and export {CASSANDRA_VAR}=127.0.0.1:9042 (eval \"$(scripts/services.sh env cassandra)\")"
-        ),
-        _ => {
-            // Straight to stderr, past the test harness's capture: a skip must be seen.
-            let _ = writeln!(
-                std::io::stderr(),
-                "SKIPPED: {CASSANDRA_VAR} not set: the Cassandra conformance tests did not run"
-            );
-            None
-        }
-    }
+    mysimbdp_tests::Service::Cassandra.address()
 }
 
 /// Each body runs once per backend: `embedded::<name>` and `cassandra::<name>`.

@@ -413,6 +413,9 @@ fn sample_rss(pid: String, done: &std::sync::atomic::AtomicBool) -> u64 {
 
 #[test]
 fn a_2_gb_file_ingests_with_the_platform_under_300_mb_of_rss() {
+    if !mysimbdp_tests::slow_tier("a 2 GiB file") {
+        return;
+    }
     let bytes: u64 = std::env::var("MYSIMBDP_TEST_BIG_FILE_BYTES")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -462,6 +465,9 @@ fn a_2_gb_file_ingests_with_the_platform_under_300_mb_of_rss() {
 
 #[test]
 fn kill_9_during_a_large_file_then_restart_completes_it_without_duplicate_rows() {
+    if !mysimbdp_tests::slow_tier("kill -9 during a large file") {
+        return;
+    }
     for backend in Backend::all() {
         let mut client1 = TenantSpec::new("client1", &["csv"]);
         client1.max_file_size = 1 << 30;

@@ -120,8 +120,17 @@ fn a_plugin_dropped_in_later_picks_up_the_files_waiting_for_it() {
     let (status, body) = platform.upload("client2", "client2-token", "trace.txt", &txt);
     assert_eq!(status, 201, "{body}");
     let file_id = body["file_id"].as_str().unwrap().to_string();
-    std::thread::sleep(Duration::from_secs(1));
-    let (_, status) = platform.get(&format!("/v1/tenants/client2/files/{file_id}"), "client2-token");
+    // The file waits, and says why.
+    let mut status = serde_json::Value::Null;
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            status = platform
+                .get(&format!("/v1/tenants/client2/files/{file_id}"), "client2-token")
+                .1;
+            status["note"].is_string()
+        }),
+        "{status}"
+    );
     assert_eq!(status["status"], "queued");
     assert!(
         status["note"]

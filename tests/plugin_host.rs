@@ -8,7 +8,9 @@ use std::time::Duration;
 use abi_stable::std_types::RString;
 use mysimbdp::coredms::Value;
 use mysimbdp::plugin_host::rows::convert_batch;
-use mysimbdp::plugin_host::{CallError, PluginHost, PluginHostConfig, PluginUnavailable, PluginVersion};
+use mysimbdp::plugin_host::{
+    CallError, Instance, PluginHost, PluginHostConfig, PluginUnavailable, PluginVersion, StreamMessage,
+};
 use mysimbdp::tenants::watch::TenantsHandle;
 use mysimbdp::tenants::{Tenants, TokenDigest};
 use mysimbdp_tests::{install_file, library, mapped_lines, rss_kib, wait_until};
@@ -282,8 +284,11 @@ fn work_in_flight_finishes_on_the_old_version_while_new_work_goes_to_the_new_one
     lab.host.reconcile_now();
     let old = lab_version(&lab);
     let release = lab.plugins.join("release-the-slow-call");
-    let input = format!("a,1\nWAIT {}\nb,2\n", release.display());
+    let started = lab.plugins.join("the-slow-call-started");
+    let input = format!("a,1\nSIGNAL {}\nWAIT {}\nb,2\n", started.display(), release.display());
     let slow = std::thread::spawn(move || ingest(&old, &input));
+    // The new version comes only once the old one's call is in flight.
+    assert!(wait_until(Duration::from_secs(10), || started.exists()));
 
     install_file(&library("lab_plugin_v2"), &target);
     lab.host.reconcile_now();
@@ -314,4 +319,137 @@ fn the_check_command_reports_manifest_tables_and_verdict() {
 
     let foreign = mysimbdp::plugin_host::check::check_file(&library("foreign_library"), None, None);
     assert!(foreign.verdict.unwrap_err().contains("is not a mysimbdp plugin"));
+}
+
+const LAB_STREAM_FILE: &str = "libclientstreamingestapp_lab.so";
+
+fn lab_stream(lab: &Lab) -> Arc<PluginVersion> {
+    lab.host.stream_plugin(&"lab".parse().unwrap()).unwrap()
+}
+
+fn messages(partition: u32, first: u64, lines: &[&str]) -> Vec<StreamMessage> {
+    lines
+        .iter()
+        .enumerate()
+        .map(|(i, line)| StreamMessage {
+            partition,
+            offset: first + i as u64,
+            timestamp_ms: 0,
+            payload: line.as_bytes().to_vec(),
+        })
+        .collect()
+}
+
+/// One batch through an instance: the rows, the rejected records' offsets, the call's result.
+async fn process(instance: &Instance, batch: Vec<StreamMessage>) -> (Vec<Vec<Value>>, Vec<u64>, Result<(), CallError>) {
+    let mut stream = instance
+        .process(batch, 4, tokio_util::sync::CancellationToken::new())
+        .expect("the instance takes work");
+    let (mut rows, mut rejected) = (Vec::new(), Vec::new());
+    while let Some(batch) = stream.next().await {
+        rows.extend(batch.rows.iter().map(<[Value]>::to_vec));
+        rejected.extend(batch.rejected.iter().map(|r| r.position));
+    }
+    (rows, rejected, stream.outcome().await.result)
+}
+
+fn text(value: &Value) -> &str {
+    match value {
+        Value::Text(v) => v,
+        other => panic!("not text: {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_instance_keeps_its_state_across_batches_on_a_thread_of_its_version_and_unloads_after_it_closes() {
+    let lab = start(&[("lab", "csv")]);
+    install_file(&library("lab_stream_v1"), &lab.plugins.join(LAB_STREAM_FILE));
+    lab.host.reconcile_now();
+    let version = lab_stream(&lab);
+    let instance = version.open_instance("instance-1", 100).await.unwrap();
+
+    let (rows, rejected, result) = process(&instance, messages(0, 10, &["a,1", "REJECT", "b,2"])).await;
+    result.unwrap();
+    assert_eq!(rows.len(), 2);
+    assert_eq!(rejected, [11], "a rejected message is named by its offset");
+    assert_eq!((text(&rows[0][2]), text(&rows[0][3])), ("v1", "instance-1"));
+    // The instance's own state carries from batch to batch.
+    let (rows, _, _) = process(&instance, messages(0, 13, &["c,3"])).await;
+    assert_eq!(rows[0][4], Value::BigInt(4));
+    // A panic fails its batch only; the host and the instance go on.
+    let (_, _, result) = process(&instance, messages(1, 0, &["d,4", "PANIC"])).await;
+    let error = result.unwrap_err();
+    assert_eq!(error.kind, ErrorKind::Panic);
+    assert!(error.message.contains("asked to panic"), "{}", error.message);
+    let (rows, _, result) = process(&instance, messages(1, 2, &["e,5"])).await;
+    result.unwrap();
+    assert_eq!(text(&rows[0][0]), "e");
+
+    let copy = version.private_copy().display().to_string();
+    assert!(!mapped_lines("self", &copy).is_empty());
+    drop(instance);
+    std::fs::remove_file(lab.plugins.join(LAB_STREAM_FILE)).unwrap();
+    lab.host.reconcile_now();
+    assert!(wait_until(Duration::from_secs(10), || lab.host.retiring() == 0));
+    assert_eq!(
+        mapped_lines("self", &copy),
+        Vec::<String>::new(),
+        "the instance's version is unmapped"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_version_under_running_instances_retires_them_at_their_next_boundary_and_the_old_library_unloads() {
+    let lab = start(&[("lab", "csv")]);
+    let target = lab.plugins.join(LAB_STREAM_FILE);
+    install_file(&library("lab_stream_v1"), &target);
+    lab.host.reconcile_now();
+    let v1 = lab_stream(&lab);
+    let instances = [
+        v1.open_instance("i-1", 100).await.unwrap(),
+        v1.open_instance("i-2", 100).await.unwrap(),
+    ];
+    // One instance is in the middle of a slow batch when the new version arrives.
+    let slow = {
+        let batch = messages(0, 0, &["SLEEP 300", "slow,1"]);
+        instances[0]
+            .process(batch, 4, tokio_util::sync::CancellationToken::new())
+            .unwrap()
+    };
+    install_file(&library("lab_stream_v2"), &target);
+    lab.host.reconcile_now();
+    let v2 = lab_stream(&lab);
+    assert_eq!(v2.plugin_version(), "2.0.0");
+    assert_eq!(lab.host.retiring(), 1, "v1 waits for its instances");
+
+    // The batch in hand finishes on v1.
+    let mut slow = slow;
+    let mut rows = Vec::new();
+    while let Some(batch) = slow.next().await {
+        rows.extend(batch.rows.iter().map(<[Value]>::to_vec));
+    }
+    slow.outcome().await.result.unwrap();
+    assert_eq!(text(&rows[0][2]), "v1");
+    // Both instances close at their boundary; then v1 is unloaded, though their handles live.
+    assert!(wait_until(Duration::from_secs(10), || lab.host.retiring() == 0));
+    assert!(
+        instances[1]
+            .process(
+                messages(0, 5, &["late,1"]),
+                4,
+                tokio_util::sync::CancellationToken::new()
+            )
+            .is_err()
+    );
+    assert_eq!(
+        mapped_lines("self", &v1.private_copy().display().to_string()),
+        Vec::<String>::new()
+    );
+
+    // New instances run on v2.
+    let moved = v2.open_instance("i-1", 100).await.unwrap();
+    let (rows, _, result) = process(&moved, messages(0, 2, &["x,9"])).await;
+    result.unwrap();
+    assert_eq!(text(&rows[0][2]), "v2");
+    drop(instances);
 }

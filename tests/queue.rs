@@ -13,7 +13,6 @@ use std::time::{Duration, Instant};
 use mysimbdp::queue::{Queue, QueueBackend, QueueConfig, QueueConsumer, QueueErrorKind, QueuedMessage, open};
 use mysimbdp::tenants::TenantId;
 
-const KAFKA_ENV: &str = "MYSIMBDP_TEST_KAFKA";
 const TOPIC_PREFIX: &str = "mysimbdp-test.";
 
 /// A backend to test, with its configuration and a scratch folder.
@@ -33,16 +32,7 @@ impl Env {
     /// `None` (after a loud SKIPPED line) when no broker is configured and services are not
     /// required.
     fn kafka() -> Option<Env> {
-        let Ok(brokers) = std::env::var(KAFKA_ENV) else {
-            if std::env::var("MYSIMBDP_REQUIRE_SERVICES").as_deref() == Ok("1") {
-                panic!(
-                    "{KAFKA_ENV} is not set but MYSIMBDP_REQUIRE_SERVICES=1: start Kafka \
-                     (scripts/services.sh start kafka) and export {KAFKA_ENV}=127.0.0.1:9092"
-                );
-            }
-            eprintln!("SKIPPED: {KAFKA_ENV} not set (set it to a Kafka broker, e.g. 127.0.0.1:9092)");
-            return None;
-        };
+        let brokers = mysimbdp_tests::Service::Kafka.address()?;
         let mut config = QueueConfig {
             backend: QueueBackend::Kafka,
             ..QueueConfig::default()

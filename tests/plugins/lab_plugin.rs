@@ -6,6 +6,7 @@
 // - `key,number` → a row (key, number, the plugin version, the calling thread's call count);
 // - `PANIC` → panics; `ERROR` → fails the file; `SLEEP ms` → sleeps;
 // - `WAIT path` → waits (at most 60 s) until the file `path` exists (work in flight);
+// - `SIGNAL path` → creates the file `path` (the call has started);
 // - anything else → rejected with a reason.
 // Every call touches a thread-local with a destructor, which pins a library that is called
 // from a thread that outlives its unload.
@@ -52,6 +53,9 @@ impl BatchIngestApp for Lab {
                 sleep if sleep.starts_with("SLEEP ") => {
                     let ms: u64 = sleep[6..].parse().unwrap_or(0);
                     std::thread::sleep(std::time::Duration::from_millis(ms));
+                }
+                signal if signal.starts_with("SIGNAL ") => {
+                    let _ = std::fs::write(&signal[7..], "");
                 }
                 wait if wait.starts_with("WAIT ") => {
                     let path = std::path::Path::new(&wait[5..]);

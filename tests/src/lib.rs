@@ -73,3 +73,59 @@ pub fn wait_until(timeout: std::time::Duration, mut condition: impl FnMut() -> b
     }
 }
 pub mod platform;
+
+/// A real service a test runs against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Service {
+    /// Apache Cassandra, at `MYSIMBDP_TEST_CASSANDRA`.
+    Cassandra,
+    /// Apache Kafka, at `MYSIMBDP_TEST_KAFKA`.
+    Kafka,
+}
+
+impl Service {
+    fn variable(self) -> &'static str {
+        match self {
+            Service::Cassandra => "MYSIMBDP_TEST_CASSANDRA",
+            Service::Kafka => "MYSIMBDP_TEST_KAFKA",
+        }
+    }
+
+    /// The service's address, or `None` after a loud SKIPPED line when it is not configured.
+    /// With `MYSIMBDP_REQUIRE_SERVICES=1` (the README's test command, CI) a missing service is
+    /// a failure, never a skip.
+    pub fn address(self) -> Option<String> {
+        let variable = self.variable();
+        match std::env::var(variable) {
+            Ok(address) if !address.is_empty() => Some(address),
+            _ if std::env::var("MYSIMBDP_REQUIRE_SERVICES").as_deref() == Ok("1") => panic!(
+                "MYSIMBDP_REQUIRE_SERVICES=1 but {variable} is not set: start the services \
+                 (scripts/services.sh start all; eval \"$(scripts/services.sh env)\"), as scripts/test.sh does"
+            ),
+            _ => {
+                use std::io::Write;
+                // Straight to stderr, past the test harness's capture: a skip must be seen.
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "SKIPPED: {variable} not set: the tests on {self:?} did not run (scripts/test.sh starts it)"
+                );
+                None
+            }
+        }
+    }
+}
+
+/// Whether the slow tier runs (the README's test command, CI): the 2 GiB file, kill -9
+/// recoveries and long fuzzing. A plain `cargo test` skips them, saying so.
+pub fn slow_tier(test: &str) -> bool {
+    let slow = std::env::var("MYSIMBDP_SLOW_TESTS").as_deref() == Ok("1")
+        || std::env::var("MYSIMBDP_REQUIRE_SERVICES").as_deref() == Ok("1");
+    if !slow {
+        use std::io::Write;
+        let _ = writeln!(
+            std::io::stderr(),
+            "SKIPPED: {test}: a slow-tier test (MYSIMBDP_SLOW_TESTS=1 or scripts/test.sh runs it)"
+        );
+    }
+    slow
+}

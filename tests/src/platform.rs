@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::{install_file, library, target_dir, wait_until};
+use crate::{Service, install_file, library, target_dir, wait_until};
 
 /// The admin token every test platform gets.
 pub const ADMIN_TOKEN: &str = "test-admin-token";
@@ -24,19 +24,13 @@ pub enum Backend {
 }
 
 impl Backend {
-    /// The backends to run "both backends" tests on: embedded always; Cassandra when
-    /// `MYSIMBDP_TEST_CASSANDRA` is set. With `MYSIMBDP_REQUIRE_SERVICES=1` (CI) a missing
-    /// Cassandra is a failure, never a skip.
+    /// The backends to run "both backends" tests on: embedded always; Cassandra when it is
+    /// configured ([`Service::address`]).
     pub fn all() -> Vec<Backend> {
-        if std::env::var("MYSIMBDP_TEST_CASSANDRA").is_ok() {
-            return vec![Backend::Embedded, Backend::Cassandra];
+        match Service::Cassandra.address() {
+            Some(_) => vec![Backend::Embedded, Backend::Cassandra],
+            None => vec![Backend::Embedded],
         }
-        assert!(
-            std::env::var("MYSIMBDP_REQUIRE_SERVICES").as_deref() != Ok("1"),
-            "MYSIMBDP_REQUIRE_SERVICES=1 but MYSIMBDP_TEST_CASSANDRA is not set: start the services (scripts/test.sh does)"
-        );
-        eprintln!("SKIPPED on Cassandra: MYSIMBDP_TEST_CASSANDRA not set (scripts/test.sh starts it)");
-        vec![Backend::Embedded]
     }
 
     /// The `[coredms]` section selecting this backend; Cassandra keyspaces get a prefix unique
@@ -46,7 +40,7 @@ impl Backend {
             Backend::Embedded => "[coredms]\nbackend = \"embedded\"\n".to_string(),
             Backend::Cassandra => {
                 static RUN: AtomicU64 = AtomicU64::new(0);
-                let address = std::env::var("MYSIMBDP_TEST_CASSANDRA").expect("checked by Backend::all");
+                let address = Service::Cassandra.address().expect("checked by Backend::all");
                 let prefix = format!("t{}_{}_", std::process::id(), RUN.fetch_add(1, Ordering::Relaxed));
                 format!(
                     "[coredms]\nbackend = \"cassandra\"\ncassandra.contact_points = [\"{address}\"]\ncassandra.consistency = \"one\"\ncassandra.keyspace_prefix = \"{prefix}\"\n"

@@ -115,25 +115,9 @@ impl Connections {
 /// Raises the soft descriptor limit to the hard one and returns how many connections fit with
 /// descriptors to spare for the platform's own files: `max_connections`, or fewer.
 pub(super) fn connection_limit(max_connections: usize) -> usize {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: `limit` is a valid, writable rlimit.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+    let Some(descriptors) = crate::os::raise_descriptor_limit() else {
         return max_connections;
-    }
-    if limit.rlim_cur < limit.rlim_max {
-        let raised = libc::rlimit {
-            rlim_cur: limit.rlim_max,
-            rlim_max: limit.rlim_max,
-        };
-        // SAFETY: `raised` is a valid rlimit no higher than the hard limit.
-        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
-            limit.rlim_cur = limit.rlim_max;
-        }
-    }
-    let descriptors = limit.rlim_cur;
+    };
     let reserve = (descriptors / 2).min(MAX_RESERVE);
     let fit = usize::try_from(descriptors.saturating_sub(reserve)).unwrap_or(usize::MAX);
     let chosen = max_connections.min(fit).max(1);

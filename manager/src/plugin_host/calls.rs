@@ -17,9 +17,10 @@ use plugin_api::ffi::{FileInfo, RowBatch, StreamInfo};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use super::loader::{CallError, LoadedLibrary, MessageRef, thread_cpu_ns};
+use super::loader::{CallError, LoadedLibrary, MessageRef};
 use super::rows::{HostBatch, convert_batch};
 use super::version::{CallRefused, PluginVersion};
+use crate::os::thread_cpu_ns;
 use crate::schema::TableSchema;
 
 /// A file for a batch plugin to read.

@@ -268,17 +268,6 @@ impl Drop for LoadedLibrary {
     }
 }
 
-/// CPU time used by the calling thread, in nanoseconds (0 if the clock is unavailable).
-pub fn thread_cpu_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: `ts` is a valid, writable timespec; CLOCK_THREAD_CPUTIME_ID exists on Linux.
-    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    if rc != 0 {
-        return 0;
-    }
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
-
 fn into_host<T>(result: RResult<T, PluginError>) -> Result<T, CallError> {
     match result {
         ROk(value) => Ok(value),

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use plugin_api::ffi::RowBatch;
 
-use crate::coredms::{Rows, TableSchema, Value};
+use crate::schema::{Rows, TableSchema, Value};
 
 /// A rejected input record or an unfit row, in host memory.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -94,7 +94,7 @@ pub fn host_value(v: &plugin_api::Value) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::coredms::{Column, ColumnType};
+    use crate::schema::{Column, ColumnType};
     use abi_stable::std_types::RVec;
 
     fn table() -> Arc<TableSchema> {

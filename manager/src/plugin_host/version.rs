@@ -21,8 +21,9 @@ use serde::Serialize;
 
 use tokio_util::sync::CancellationToken;
 
-use super::loader::{CallError, LoadedLibrary, thread_cpu_ns};
+use super::loader::{CallError, LoadedLibrary};
 use super::naming::PluginId;
+use crate::os::thread_cpu_ns;
 use crate::schema::TableSchema;
 
 /// What a plugin declared, in host types.
