@@ -200,7 +200,10 @@ fn ureq_get_text(platform: &Platform, path: &str) -> String {
 fn assert_refused(platform: &Platform, response: (u16, Value), status: u16, message: &str) {
     assert_eq!(response.0, status, "{}", response.1);
     assert_eq!(response.1["error"].as_str(), Some(message), "{}", response.1);
-    assert!(platform.incoming_files().is_empty(), "no partial upload is left behind");
+    assert!(
+        wait_until(Duration::from_secs(5), || platform.incoming_files().is_empty()),
+        "no partial upload is left behind"
+    );
 }
 
 #[test]
@@ -257,7 +260,7 @@ fn each_violation_gets_its_status_and_message_and_leaves_nothing_in_staging() {
                 .unwrap()
                 .starts_with("File size exceeds maximum allowed size: ")
         );
-        assert!(platform.incoming_files().is_empty());
+        assert!(wait_until(Duration::from_secs(5), || platform.incoming_files().is_empty()));
 
         // The quota (200 kB) is on what the tenant's data occupies: files are accepted while
         // it occupies less, then refused.

@@ -19,12 +19,12 @@ pub const CONFIG_FILE: &str = "mysimbdp.toml";
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PlatformConfig {
-    /// HTTP.
+    /// The HTTP API: address, tokens, connection and upload limits.
     pub server: ServerConfig,
     /// Where the platform keeps its own state (embedded databases, queue, plugin copies);
     /// relative to the platform's folder. Default `mysimbdp-data`.
     pub data_dir: Option<PathBuf>,
-    /// Storage.
+    /// Where rows are stored, and how many writes it takes at once.
     pub coredms: CoreDmsConfig,
     /// The message queue.
     pub queue: QueueConfig,
@@ -32,7 +32,7 @@ pub struct PlatformConfig {
     pub batch: BatchConfig,
     /// The plugin host.
     pub plugins: PluginsConfig,
-    /// Reports.
+    /// How many reports and rejected rows are kept, and when logs rotate.
     pub reports: ReportsConfig,
 }
 

@@ -58,6 +58,9 @@ pub struct UploadMeta {
     pub staged_at: f64,
 }
 
+/// Bytes of an upload held in memory before they are written out (by the blocking pool).
+const WRITE_BUFFER_BYTES: usize = 64 << 10;
+
 /// An upload being written.
 pub struct IncomingFile {
     /// The id it will have.
@@ -67,20 +70,39 @@ pub struct IncomingFile {
     /// Its type.
     pub file_type: FileType,
     path: PathBuf,
-    file: File,
+    /// `None` only while a write is under way on the blocking pool.
+    file: Option<File>,
+    buffer: Vec<u8>,
     written: u64,
     finished: bool,
 }
 
 impl IncomingFile {
-    /// Appends a chunk of the body.
-    pub fn write(&mut self, chunk: &[u8]) -> io::Result<()> {
-        self.file.write_all(chunk)?;
+    /// Appends a chunk of the body; the writes themselves run on the blocking pool, a buffer at
+    /// a time, never on the async workers.
+    pub async fn write(&mut self, chunk: &[u8]) -> io::Result<()> {
+        self.buffer.extend_from_slice(chunk);
         self.written += chunk.len() as u64;
+        if self.buffer.len() >= WRITE_BUFFER_BYTES {
+            let mut file = self
+                .file
+                .take()
+                .ok_or_else(|| io::Error::other("an earlier write failed"))?;
+            let buffer = std::mem::take(&mut self.buffer);
+            let (file, mut buffer) = tokio::task::spawn_blocking(move || {
+                file.write_all(&buffer)?;
+                Ok::<_, io::Error>((file, buffer))
+            })
+            .await
+            .map_err(io::Error::other)??;
+            buffer.clear();
+            self.file = Some(file);
+            self.buffer = buffer;
+        }
         Ok(())
     }
 
-    /// Bytes written so far.
+    /// Bytes received so far.
     pub fn written(&self) -> u64 {
         self.written
     }
@@ -90,7 +112,15 @@ impl Drop for IncomingFile {
     fn drop(&mut self) {
         if !self.finished {
             // An upload that was refused or broke off leaves nothing behind.
-            let _ = fs::remove_file(&self.path);
+            let path = std::mem::take(&mut self.path);
+            match tokio::runtime::Handle::try_current() {
+                Ok(runtime) => {
+                    runtime.spawn_blocking(move || fs::remove_file(path));
+                }
+                Err(_) => {
+                    let _ = fs::remove_file(path);
+                }
+            }
         }
     }
 }
@@ -154,7 +184,8 @@ impl Staging {
             tenant: tenant.clone(),
             file_type: file_type.clone(),
             path,
-            file,
+            file: Some(file),
+            buffer: Vec::with_capacity(WRITE_BUFFER_BYTES),
             written: 0,
             finished: false,
         })
@@ -162,7 +193,12 @@ impl Staging {
 
     /// Makes a complete upload durable and visible to the batch manager.
     pub fn commit(&self, mut incoming: IncomingFile, meta: &UploadMeta) -> io::Result<StagedFile> {
-        incoming.file.sync_all()?;
+        let file = incoming
+            .file
+            .as_mut()
+            .ok_or_else(|| io::Error::other("an earlier write failed"))?;
+        file.write_all(&incoming.buffer)?;
+        file.sync_all()?;
         let staged = StagedFile {
             id: incoming.id,
             tenant: incoming.tenant.clone(),
@@ -271,13 +307,20 @@ pub fn staged_name(id: FileId, tenant: &TenantId, file_type: &FileType) -> Strin
 mod tests {
     use super::*;
 
+    fn tokio_test_block_on<T>(future: impl std::future::Future<Output = T>) -> T {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(future)
+    }
+
     #[test]
     fn a_committed_upload_is_found_by_a_scan_with_its_metadata() {
         let dir = tempfile::tempdir().unwrap();
         let staging = Staging::open(dir.path()).unwrap();
         let (tenant, csv): (TenantId, FileType) = ("client1".parse().unwrap(), "csv".parse().unwrap());
         let mut incoming = staging.begin(&tenant, &csv).unwrap();
-        incoming.write(b"a,b\n1,2\n").unwrap();
+        tokio_test_block_on(incoming.write(b"a,b\n1,2\n")).unwrap();
         let meta = UploadMeta {
             client_file_name: "../../etc/x.csv".into(),
             file_received_size: 8,
@@ -297,7 +340,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let staging = Staging::open(dir.path()).unwrap();
         let mut incoming = staging.begin(&"t".parse().unwrap(), &"csv".parse().unwrap()).unwrap();
-        incoming.write(b"partial").unwrap();
+        tokio_test_block_on(incoming.write(b"partial")).unwrap();
         drop(incoming);
         assert_eq!(fs::read_dir(dir.path().join(".incoming")).unwrap().count(), 0);
         assert!(staging.scan().unwrap().is_empty());

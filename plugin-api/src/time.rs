@@ -31,6 +31,17 @@ pub fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
     era * 146_097 + doe - 719_468
 }
 
+/// The number of days of a month of the proleptic Gregorian calendar.
+pub fn days_in_month(year: i64, month: u32) -> i64 {
+    match month {
+        1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
+        4 | 6 | 9 | 11 => 30,
+        2 if year % 4 == 0 && (year % 100 != 0 || year % 400 == 0) => 29,
+        2 => 28,
+        _ => 0,
+    }
+}
+
 /// `YYYY-MM-DD` of a timestamp (years outside 0..=9999 as `format!` writes them).
 pub fn date_of_millis(ms: i64) -> String {
     let (y, m, d) = civil_from_days(ms.div_euclid(MS_PER_DAY));
@@ -68,8 +79,9 @@ pub fn parse_iso8601_millis(s: &str) -> Result<i64, String> {
     if b.len() < 19 || b[4] != b'-' || b[7] != b'-' || !matches!(b[10], b'T' | b' ') || b[13] != b':' || b[16] != b':' {
         return Err(bad());
     }
+    // `get`, not indexing: a multi-byte character must be an error, not a panic.
     let num = |range: std::ops::Range<usize>| -> Result<i64, String> {
-        let part = &s[range];
+        let part = s.get(range).ok_or_else(bad)?;
         if part.bytes().all(|c| c.is_ascii_digit()) {
             part.parse().map_err(|_| bad())
         } else {
@@ -78,10 +90,15 @@ pub fn parse_iso8601_millis(s: &str) -> Result<i64, String> {
     };
     let (year, month, day) = (num(0..4)?, num(5..7)?, num(8..10)?);
     let (hour, minute, second) = (num(11..13)?, num(14..16)?, num(17..19)?);
-    if !(1..=12).contains(&month) || !(1..=31).contains(&day) || hour > 23 || minute > 59 || second > 60 {
+    if !(1..=12).contains(&month)
+        || !(1..=days_in_month(year, month as u32)).contains(&day)
+        || hour > 23
+        || minute > 59
+        || second > 60
+    {
         return Err(bad());
     }
-    let mut rest = &s[19..];
+    let mut rest = s.get(19..).ok_or_else(bad)?;
     let mut millis = 0;
     if let Some(fraction) = rest.strip_prefix('.') {
         let digits = fraction.bytes().take_while(u8::is_ascii_digit).count();
@@ -126,6 +143,11 @@ mod tests {
         assert_eq!(parse_iso8601_millis(&s), Ok(1_541_023_215_496));
         assert_eq!(parse_iso8601_millis("2018-10-31 22:00:15+00:00"), Ok(1_541_023_215_000));
         assert_eq!(parse_iso8601_millis("2018-10-31T22:00:15.4Z"), Ok(1_541_023_215_400));
+        assert!(parse_iso8601_millis("2020-02-29T00:00:00Z").is_ok(), "a leap day");
+        assert!(
+            parse_iso8601_millis("2000-02-29T00:00:00Z").is_ok(),
+            "a leap day of a 400th year"
+        );
     }
 
     #[test]
@@ -137,6 +159,13 @@ mod tests {
             "2018-10-31T22:00:15",
             "2018-10-31T22:00:15+02:00",
             "20x8-10-31T22:00:15Z",
+            "2018-02-31T00:00:00Z",
+            "2018-02-29T00:00:00Z",
+            "1900-02-29T00:00:00Z",
+            "2018-04-31T00:00:00Z",
+            "2018-10-31T22:00:1é",
+            "2018-10-31T22:00:15é",
+            "é018-10-31T22:00:15Z",
         ] {
             assert!(parse_iso8601_millis(s).is_err(), "{s}");
         }

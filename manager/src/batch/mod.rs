@@ -84,15 +84,15 @@ pub struct BatchContext {
     pub usage: Arc<UsageLedger>,
     /// The plugins.
     pub plugins: Arc<PluginHost>,
-    /// Storage.
+    /// The tenants' stores the rows go to.
     pub dms: Arc<dyn CoreDms>,
-    /// Reports.
+    /// Where each file's report and rejected rows are written.
     pub reports: Arc<ReportStore>,
-    /// Tenants.
+    /// The configuration in force (a file waits while its tenant is missing).
     pub tenants: TenantsHandle,
-    /// Metrics.
+    /// Ingested files are counted here.
     pub metrics: Arc<Metrics>,
-    /// Settings.
+    /// Workers, batch sizes, retry delay.
     pub config: BatchConfig,
     /// Where rejected rows wait while their file is ingested.
     pub rejected_tmp_dir: PathBuf,

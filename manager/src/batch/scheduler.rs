@@ -79,11 +79,6 @@ impl FairQueue {
         }
     }
 
-    /// Files queued (not running).
-    pub fn queued(&self) -> usize {
-        self.queues.values().map(VecDeque::len).sum()
-    }
-
     /// Files running.
     pub fn running(&self) -> usize {
         self.running_total

@@ -1,9 +1,9 @@
 //! Who is calling: a tenant with its bearer token (checked against `api_token_sha256`), or the
 //! operator with the admin token.
 
-use hyper::{HeaderMap, StatusCode, header};
+use hyper::{HeaderMap, header};
 
-use super::ApiError;
+use super::{ApiError, Refusal};
 use crate::tenants::{Tenant, TenantId, TokenDigest};
 
 /// The seed's message for an unknown tenant, also given for a wrong token (401 both).
@@ -24,7 +24,7 @@ pub fn tenant(
 ) -> Result<(TenantId, Tenant), ApiError> {
     let Some(token) = bearer(headers) else {
         return Err(ApiError::new(
-            StatusCode::UNAUTHORIZED,
+            Refusal::Unauthorized,
             "missing Authorization: Bearer <token>",
         ));
     };
@@ -32,7 +32,7 @@ pub fn tenant(
     let digest = TokenDigest::of(token);
     match tenants.find(name) {
         Some((id, tenant)) if tenant.api_token_sha256.same_as(&digest) => Ok((id.clone(), tenant.clone())),
-        _ => Err(ApiError::new(StatusCode::UNAUTHORIZED, CLIENT_NOT_FOUND)),
+        _ => Err(ApiError::new(Refusal::Unauthorized, CLIENT_NOT_FOUND)),
     }
 }
 
@@ -40,14 +40,14 @@ pub fn tenant(
 pub fn admin(admin: Option<&TokenDigest>, headers: &HeaderMap) -> Result<(), ApiError> {
     let Some(digest) = admin else {
         return Err(ApiError::new(
-            StatusCode::UNAUTHORIZED,
+            Refusal::Unauthorized,
             "admin calls are disabled: start the platform with MYSIMBDP_ADMIN_TOKEN set",
         ));
     };
     match bearer(headers) {
         Some(token) if digest.matches(token) => Ok(()),
         _ => Err(ApiError::new(
-            StatusCode::UNAUTHORIZED,
+            Refusal::Unauthorized,
             "admin calls need Authorization: Bearer <admin token>",
         )),
     }
@@ -58,7 +58,7 @@ pub fn metrics(required: &TokenDigest, admin: Option<&TokenDigest>, headers: &He
     match bearer(headers).map(TokenDigest::of) {
         Some(digest) if required.same_as(&digest) || admin.is_some_and(|a| a.same_as(&digest)) => Ok(()),
         _ => Err(ApiError::new(
-            StatusCode::UNAUTHORIZED,
+            Refusal::Unauthorized,
             "/metrics needs Authorization: Bearer <metrics token> (server.metrics_token_sha256)",
         )),
     }

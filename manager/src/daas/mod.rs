@@ -7,6 +7,7 @@ mod connections;
 mod error;
 mod read;
 mod reads;
+mod routes;
 mod upload;
 
 use std::collections::HashMap;
@@ -24,10 +25,11 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-pub use error::ApiError;
+pub use error::{ApiError, Refusal};
 pub use reads::ReadGate;
 
 use connections::Connections;
+use routes::Endpoint;
 
 use crate::batch::{BatchManager, FileTracker};
 use crate::config::ServerConfig;
@@ -44,14 +46,14 @@ use crate::usage::UsageLedger;
 pub struct ApiState {
     /// The HTTP settings (limits and timeouts).
     pub server: ServerConfig,
-    /// Tenants.
+    /// The configuration in force: who may call, with which limits.
     pub tenants: TenantsHandle,
     /// The admin token's digest (admin calls are refused without one).
     pub admin_token: Option<TokenDigest>,
     /// The digest of the token `/metrics` requires (the admin token is accepted too); none:
     /// `/metrics` answers anyone.
     pub metrics_token: Option<TokenDigest>,
-    /// Staging.
+    /// Where accepted uploads are made durable before the 201.
     pub staging: Arc<Staging>,
     /// Files in flight.
     pub tracker: Arc<FileTracker>,
@@ -59,13 +61,13 @@ pub struct ApiState {
     pub usage: Arc<UsageLedger>,
     /// The batch manager (to hand staged files over).
     pub batch: Arc<BatchManager>,
-    /// Storage.
+    /// The tenants' stores, for the read endpoints.
     pub dms: Arc<dyn CoreDms>,
-    /// Reports.
+    /// Reports, rejected rows and statistics, for the read endpoints.
     pub reports: Arc<ReportStore>,
-    /// Plugins.
+    /// The plugins' status, for the status endpoints.
     pub plugins: Arc<PluginHost>,
-    /// Metrics.
+    /// Refused uploads and accepted files are counted here; `/metrics` renders it.
     pub metrics: Arc<Metrics>,
     /// The bound on each tenant's reads in progress.
     pub reads: ReadGate,
@@ -207,8 +209,8 @@ async fn handle(state: &ApiState, request: Request<Incoming>) -> Response<Full<B
     match route(state, request).await {
         Ok(response) => response,
         Err(error) => {
-            if error.status.is_server_error() {
-                log::error!("daas: {method} {path}: {} {}", error.status.as_u16(), error.message);
+            if error.status().is_server_error() {
+                log::error!("daas: {method} {path}: {} {}", error.status().as_u16(), error.message);
             }
             error.into_response()
         }
@@ -220,7 +222,7 @@ fn check_head<B>(request: &Request<B>) -> Result<(), ApiError> {
     let uri = request.uri().path_and_query().map_or(0, |p| p.as_str().len());
     if uri > MAX_URI_BYTES {
         return Err(ApiError::new(
-            StatusCode::URI_TOO_LONG,
+            Refusal::UriTooLong,
             format!("the request target has {uri} bytes, more than the {MAX_URI_BYTES} answered"),
         ));
     }
@@ -228,7 +230,7 @@ fn check_head<B>(request: &Request<B>) -> Result<(), ApiError> {
     let bytes: usize = headers.iter().map(|(k, v)| k.as_str().len() + v.len() + 4).sum();
     if headers.len() > MAX_HEADERS || bytes > MAX_HEADER_BYTES {
         return Err(ApiError::new(
-            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            Refusal::HeadersTooLarge,
             format!(
                 "the request has {} headers of {bytes} bytes, more than the {MAX_HEADERS} headers or {MAX_HEADER_BYTES} bytes answered",
                 headers.len()
@@ -240,48 +242,51 @@ fn check_head<B>(request: &Request<B>) -> Result<(), ApiError> {
 
 async fn route(state: &ApiState, request: Request<Incoming>) -> Result<Response<Full<Bytes>>, ApiError> {
     let path = request.uri().path().to_string();
-    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
     // HEAD is GET without the body (hyper leaves the body of a HEAD answer out).
     let method = match request.method() {
         &Method::HEAD => Method::GET,
         other => other.clone(),
     };
-    match (&method, segments.as_slice()) {
-        (&Method::GET, ["healthz"]) => Ok(json(StatusCode::OK, &serde_json::json!({ "status": "ok" }))),
-        (&Method::GET, ["metrics"]) => {
+    let Some((endpoint, params)) = routes::find(&path) else {
+        return Err(ApiError::not_found(format!("no such endpoint: {method} {path}")));
+    };
+    if !endpoint.methods().contains(&method) {
+        let allowed: Vec<&str> = endpoint.methods().iter().map(Method::as_str).collect();
+        return Err(ApiError::new(
+            Refusal::MethodNotAllowed,
+            format!("{method} is not allowed on {path} (use {})", allowed.join(" or ")),
+        ));
+    }
+    match endpoint {
+        Endpoint::Health => Ok(json_of(StatusCode::OK, &read::Health { status: "ok" })),
+        Endpoint::Metrics => {
             if let Some(digest) = &state.metrics_token {
                 auth::metrics(digest, state.admin_token.as_ref(), request.headers())?;
             }
             Ok(text(StatusCode::OK, state.metrics.encode()))
         }
-        (&Method::GET, ["v1", "stats"]) => read::platform_stats(state, &request).await,
-        (&Method::GET, ["v1", "plugins"]) => read::plugins(state, &request),
-        (&Method::POST, ["v1", "tenants", tenant, "files"]) => upload::upload(state, request, tenant).await,
-        (&Method::GET, ["v1", "tenants", tenant, rest @ ..]) => read::tenant_get(state, &request, tenant, rest).await,
-        (_, ["v1", "tenants", _, "files"]) => Err(method_not_allowed(&method, &path, "POST")),
-        (_, ["v1", "tenants", _, ..]) | (_, ["v1", "stats" | "plugins"] | ["healthz" | "metrics"]) => {
-            Err(method_not_allowed(&method, &path, "GET"))
-        }
-        _ => Err(ApiError::not_found(format!("no such endpoint: {method} {path}"))),
+        Endpoint::PlatformStats => read::platform_stats(state, &request).await,
+        Endpoint::Plugins => read::plugins(state, &request),
+        Endpoint::Files => upload::upload(state, request, &params.tenant).await,
+        _ => read::tenant_get(state, &request, endpoint, &params).await,
     }
 }
 
-fn method_not_allowed(method: &Method, path: &str, allowed: &str) -> ApiError {
-    ApiError::new(
-        StatusCode::METHOD_NOT_ALLOWED,
-        format!("{method} is not allowed on {path} (use {allowed})"),
-    )
-}
-
-/// A JSON response.
-pub(crate) fn json(status: StatusCode, body: &serde_json::Value) -> Response<Full<Bytes>> {
-    let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
+/// A JSON response of a typed body.
+pub(crate) fn json_of<T: serde::Serialize>(status: StatusCode, body: &T) -> Response<Full<Bytes>> {
+    let body = serde_json::to_vec(body).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}").into_bytes());
+    let mut response = Response::new(Full::new(Bytes::from(body)));
     *response.status_mut() = status;
     response.headers_mut().insert(
         header::CONTENT_TYPE,
         header::HeaderValue::from_static("application/json"),
     );
     response
+}
+
+/// A JSON response.
+pub(crate) fn json(status: StatusCode, body: &serde_json::Value) -> Response<Full<Bytes>> {
+    json_of(status, body)
 }
 
 fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
@@ -294,49 +299,11 @@ fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
     response
 }
 
-/// The query string as a map (later keys win), percent-decoded.
+/// The query string as a map (later keys win), decoded as a form (`+` is a space, `%xx` a byte).
 fn query<B>(request: &Request<B>) -> HashMap<String, String> {
-    request
-        .uri()
-        .query()
-        .unwrap_or("")
-        .split('&')
-        .filter(|pair| !pair.is_empty())
-        .map(|pair| {
-            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-            (percent_decode(key), percent_decode(value))
-        })
+    form_urlencoded::parse(request.uri().query().unwrap_or("").as_bytes())
+        .into_owned()
         .collect()
-}
-
-fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let escaped = (bytes[i] == b'%' && i + 2 < bytes.len())
-            .then(|| {
-                std::str::from_utf8(&bytes[i + 1..i + 3])
-                    .ok()
-                    .and_then(|h| u8::from_str_radix(h, 16).ok())
-            })
-            .flatten();
-        match (bytes[i], escaped) {
-            (_, Some(b)) => {
-                out.push(b);
-                i += 3;
-            }
-            (b'+', None) => {
-                out.push(b' ');
-                i += 1;
-            }
-            (b, None) => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// A numeric query parameter within `1..=max`, or `default`.
@@ -357,11 +324,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn percent_decoding_handles_escapes_and_garbage() {
-        assert_eq!(percent_decode("my%20data.csv"), "my data.csv");
-        assert_eq!(percent_decode("a+b"), "a b");
-        assert_eq!(percent_decode("100%"), "100%");
-        assert_eq!(percent_decode("%zz"), "%zz");
-        assert_eq!(percent_decode("%C3%A9"), "é");
+    fn queries_are_decoded_as_forms() {
+        let request = Request::builder()
+            .uri("/x?name=my%20data+2.csv&limit=5&bad=%zz&limit=7")
+            .body(())
+            .unwrap();
+        let params = query(&request);
+        assert_eq!(params["name"], "my data 2.csv");
+        assert_eq!(params["limit"], "7", "later keys win");
+        assert_eq!(params["bad"], "%zz");
     }
 }

@@ -1,21 +1,108 @@
 //! The read side of the API: file status, reports, rejected rows, statistics, tables and rows,
-//! plugin status, health.
+//! plugin status, health. Every answer is a typed body.
+
+use std::collections::BTreeMap;
 
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
-use serde_json::json;
+use serde::Serialize;
 
-use super::{ApiError, ApiState, auth, json, limit_param, query};
-use crate::schema::Value;
+use super::routes::{Endpoint, PathParams};
+use super::{ApiError, ApiState, auth, json_of, limit_param, query};
+use crate::batch::FileState;
+use crate::plugin_host::PluginStatus;
+use crate::report::{FileOutcome, FileReport, StatsSnapshot};
+use crate::schema::{TableSchema, Value};
 use crate::source::FileId;
 use crate::tenants::{Tenant, TenantId};
+use crate::usage::Usage;
+
+/// `GET /healthz`.
+#[derive(Serialize)]
+pub(super) struct Health {
+    pub status: &'static str,
+}
+
+#[derive(Serialize)]
+struct Plugins {
+    plugins: Vec<PluginStatus>,
+}
+
+/// A tenant's statistics: its files' aggregates, its limits and usage.
+#[derive(Serialize)]
+struct TenantStats {
+    tenant: TenantId,
+    #[serde(flatten)]
+    files: StatsSnapshot,
+    files_in_flight: u64,
+    max_files_number: u64,
+    max_memory_size: u64,
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    usage: Option<Usage>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    plugins: Option<Vec<PluginStatus>>,
+}
+
+#[derive(Serialize)]
+struct PlatformTotals {
+    #[serde(flatten)]
+    files: StatsSnapshot,
+    files_in_flight: u64,
+    backend: &'static str,
+}
+
+#[derive(Serialize)]
+struct PlatformStats {
+    platform: PlatformTotals,
+    tenants: BTreeMap<TenantId, TenantStats>,
+}
+
+/// Where a file is: before its report (queued, ingesting) or how its report ended.
+#[derive(Serialize)]
+#[serde(rename_all = "lowercase")]
+enum Status {
+    Queued,
+    Ingesting,
+    Done,
+    Failed,
+}
+
+#[derive(Serialize)]
+struct FileStatus {
+    file_id: String,
+    status: Status,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    note: Option<String>,
+    report: Option<FileReport>,
+}
+
+#[derive(Serialize)]
+struct Tables {
+    tables: Vec<TableSchema>,
+}
+
+#[derive(Serialize)]
+struct Count {
+    count: u64,
+}
+
+#[derive(Serialize)]
+struct RowsPage {
+    rows: Vec<serde_json::Map<String, serde_json::Value>>,
+    next_page: Option<String>,
+}
 
 /// `GET /v1/plugins` (admin): every plugin's status.
 pub(super) fn plugins(state: &ApiState, request: &Request<Incoming>) -> Result<Response<Full<Bytes>>, ApiError> {
     auth::admin(state.admin_token.as_ref(), request.headers())?;
-    Ok(json(StatusCode::OK, &json!({ "plugins": state.plugins.statuses() })))
+    Ok(json_of(
+        StatusCode::OK,
+        &Plugins {
+            plugins: state.plugins.statuses(),
+        },
+    ))
 }
 
 /// `GET /v1/stats` (admin): the platform's and every tenant's statistics.
@@ -26,53 +113,59 @@ pub(super) async fn platform_stats(
     auth::admin(state.admin_token.as_ref(), request.headers())?;
     let (platform, per_tenant) = state.reports.all_stats();
     let tenants = state.tenants.current();
-    let mut tenants_json = serde_json::Map::new();
-    for (id, tenant) in tenants.iter() {
-        let stats = per_tenant.get(id).cloned().unwrap_or_default();
-        tenants_json.insert(id.to_string(), tenant_stats_json(state, id, tenant, &stats));
-    }
-    let in_flight: u64 = tenants.iter().map(|(id, _)| state.tracker.in_flight(id)).sum();
-    let mut platform = serde_json::to_value(platform).unwrap_or_default();
-    platform["files_in_flight"] = in_flight.into();
-    platform["backend"] = state.dms.backend().into();
-    Ok(json(
+    let tenants: BTreeMap<TenantId, TenantStats> = tenants
+        .iter()
+        .map(|(id, tenant)| {
+            let files = per_tenant.get(id).cloned().unwrap_or_default();
+            (id.clone(), tenant_stats(state, id, tenant, files, None))
+        })
+        .collect();
+    let files_in_flight = tenants.values().map(|t| t.files_in_flight).sum();
+    Ok(json_of(
         StatusCode::OK,
-        &json!({ "platform": platform, "tenants": tenants_json }),
+        &PlatformStats {
+            platform: PlatformTotals {
+                files: platform,
+                files_in_flight,
+                backend: state.dms.backend(),
+            },
+            tenants,
+        },
     ))
 }
 
-fn tenant_stats_json(
+fn tenant_stats(
     state: &ApiState,
     id: &TenantId,
     tenant: &Tenant,
-    stats: &crate::report::StatsSnapshot,
-) -> serde_json::Value {
-    let mut value = serde_json::to_value(stats).unwrap_or_default();
-    value["tenant"] = id.to_string().into();
-    value["files_in_flight"] = state.tracker.in_flight(id).into();
-    value["max_files_number"] = tenant.max_files_number.into();
-    value["max_memory_size"] = tenant.max_memory_size.into();
-    if let Some(usage) = state.usage.known(id) {
-        value["storage_used_bytes"] = usage.storage_used_bytes.into();
-        value["storage_measured_at"] = usage.storage_measured_at.into();
+    files: StatsSnapshot,
+    plugins: Option<Vec<PluginStatus>>,
+) -> TenantStats {
+    TenantStats {
+        tenant: id.clone(),
+        files,
+        files_in_flight: state.tracker.in_flight(id),
+        max_files_number: tenant.max_files_number,
+        max_memory_size: tenant.max_memory_size,
+        usage: state.usage.known(id),
+        plugins,
     }
-    value
 }
 
-/// `GET /v1/tenants/{t}/...`.
+/// The tenant endpoints that read.
 pub(super) async fn tenant_get(
     state: &ApiState,
     request: &Request<Incoming>,
-    tenant: &str,
-    rest: &[&str],
+    endpoint: Endpoint,
+    path: &PathParams,
 ) -> Result<Response<Full<Bytes>>, ApiError> {
     let tenants = state.tenants.current();
-    let (id, tenant) = auth::tenant(&tenants, request.headers(), tenant)?;
+    let (id, tenant) = auth::tenant(&tenants, request.headers(), &path.tenant)?;
     let params = query(request);
-    match rest {
-        ["files", file] => file_status(state, &id, file),
-        ["files", file, "rejected"] => {
-            let file = parse_file_id(&id, file)?;
+    match endpoint {
+        Endpoint::File => file_status(state, &id, &path.file),
+        Endpoint::FileRejected => {
+            let file = parse_file_id(&id, &path.file)?;
             let limit = limit_param(&params, 100, 1000)?;
             let page = match params.get("page") {
                 None => 0,
@@ -81,70 +174,67 @@ pub(super) async fn tenant_get(
                     .map_err(|_| ApiError::bad_request(format!("page {p:?} is not one this API returned")))?,
             };
             let reports = std::sync::Arc::clone(&state.reports);
-            let (tenant_id, limit_rows) = (id.clone(), limit);
-            let page = tokio::task::spawn_blocking(move || reports.rejected_rows(&tenant_id, file, page, limit_rows))
+            let tenant_id = id.clone();
+            let page = tokio::task::spawn_blocking(move || reports.rejected_rows(&tenant_id, file, page, limit))
                 .await
                 .map_err(|e| ApiError::internal(e.to_string()))??;
             let page = page.ok_or_else(|| ApiError::not_found(no_report(&id, file)))?;
-            Ok(json(StatusCode::OK, &serde_json::to_value(page).unwrap_or_default()))
+            Ok(json_of(StatusCode::OK, &page))
         }
-        ["reports"] => Ok(json(StatusCode::OK, &state.reports.document(&id))),
-        ["stats"] => {
-            let stats = state.reports.stats(&id);
-            let mut value = tenant_stats_json(state, &id, &tenant, &stats);
-            let plugins: Vec<_> = state
+        Endpoint::Reports => Ok(json_of(StatusCode::OK, &state.reports.document(&id))),
+        Endpoint::Stats => {
+            let plugins = state
                 .plugins
                 .statuses()
                 .into_iter()
                 .filter(|p| p.tenant == id)
                 .collect();
-            value["plugins"] = serde_json::to_value(plugins).unwrap_or_default();
-            Ok(json(StatusCode::OK, &value))
+            let stats = tenant_stats(state, &id, &tenant, state.reports.stats(&id), Some(plugins));
+            Ok(json_of(StatusCode::OK, &stats))
         }
-        ["tables"] => {
+        Endpoint::Tables => {
             let _turn = state.reads.enter(&id).await?;
             let tables = state.store(&id, &tenant).await?.tables().await?;
-            Ok(json(StatusCode::OK, &json!({ "tables": tables })))
+            Ok(json_of(StatusCode::OK, &Tables { tables }))
         }
-        ["tables", table, "count"] => {
+        Endpoint::TableCount => {
             let _turn = state.reads.enter(&id).await?;
-            let count = state.store(&id, &tenant).await?.count(table).await?;
-            Ok(json(StatusCode::OK, &json!({ "count": count })))
+            let count = state.store(&id, &tenant).await?.count(&path.table).await?;
+            Ok(json_of(StatusCode::OK, &Count { count }))
         }
-        ["tables", table, "rows"] => {
+        Endpoint::TableRows => {
             let limit = limit_param(&params, 100, 10_000)?;
             let _turn = state.reads.enter(&id).await?;
             let store = state.store(&id, &tenant).await?;
             let tables = store.tables().await?;
             let schema = tables
                 .iter()
-                .find(|t| t.name == *table)
-                .ok_or_else(|| ApiError::not_found(format!("tenant {id} has no table {table:?}")))?;
+                .find(|t| t.name == path.table)
+                .ok_or_else(|| ApiError::not_found(format!("tenant {id} has no table {:?}", path.table)))?;
             let page = store
-                .read_page(table, params.get("page").map(String::as_str), limit)
+                .read_page(&path.table, params.get("page").map(String::as_str), limit)
                 .await?;
-            let rows: Vec<serde_json::Value> = page
+            let rows = page
                 .rows
                 .iter()
                 .map(|row| {
-                    let object = schema
+                    schema
                         .columns
                         .iter()
                         .zip(row)
                         .map(|(c, v)| (c.name.clone(), value_json(v)))
-                        .collect();
-                    serde_json::Value::Object(object)
+                        .collect()
                 })
                 .collect();
-            Ok(json(
+            Ok(json_of(
                 StatusCode::OK,
-                &json!({ "rows": rows, "next_page": page.next_page }),
+                &RowsPage {
+                    rows,
+                    next_page: page.next_page,
+                },
             ))
         }
-        _ => Err(ApiError::not_found(format!(
-            "no such endpoint: GET {}",
-            request.uri().path()
-        ))),
+        other => Err(ApiError::internal(format!("{other:?} is not a read endpoint"))),
     }
 }
 
@@ -159,19 +249,33 @@ fn no_report(tenant: &TenantId, file: FileId) -> String {
 
 fn file_status(state: &ApiState, tenant: &TenantId, file: &str) -> Result<Response<Full<Bytes>>, ApiError> {
     let file = parse_file_id(tenant, file)?;
-    if let Some((status, note)) = state.tracker.status(tenant, file) {
-        return Ok(json(
-            StatusCode::OK,
-            &json!({ "file_id": file.to_string(), "status": status, "note": note, "report": null }),
-        ));
-    }
-    match state.reports.report(tenant, file) {
-        Some(report) => Ok(json(
-            StatusCode::OK,
-            &json!({ "file_id": file.to_string(), "status": report.status, "report": report }),
-        )),
-        None => Err(ApiError::not_found(no_report(tenant, file))),
-    }
+    let status = match state.tracker.status(tenant, file) {
+        Some((state, note)) => FileStatus {
+            file_id: file.to_string(),
+            status: match state {
+                FileState::Queued => Status::Queued,
+                FileState::Ingesting => Status::Ingesting,
+            },
+            note,
+            report: None,
+        },
+        None => {
+            let report = state
+                .reports
+                .report(tenant, file)
+                .ok_or_else(|| ApiError::not_found(no_report(tenant, file)))?;
+            FileStatus {
+                file_id: file.to_string(),
+                status: match report.status {
+                    FileOutcome::Done => Status::Done,
+                    FileOutcome::Failed => Status::Failed,
+                },
+                note: None,
+                report: Some(report),
+            }
+        }
+    };
+    Ok(json_of(StatusCode::OK, &status))
 }
 
 /// A stored value as JSON for a person: timestamps as RFC 3339 UTC text with milliseconds,

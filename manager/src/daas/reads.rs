@@ -8,10 +8,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use hyper::StatusCode;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use super::ApiError;
+use super::{ApiError, Refusal};
 use crate::tenants::TenantId;
 
 /// Reads that may wait for a turn, per read allowed at once.
@@ -54,7 +53,7 @@ impl ReadGate {
         if reads.waiting.fetch_add(1, Ordering::SeqCst) >= self.per_tenant * WAITING_PER_READ {
             reads.waiting.fetch_sub(1, Ordering::SeqCst);
             return Err(ApiError::new(
-                StatusCode::TOO_MANY_REQUESTS,
+                Refusal::TooManyRequests,
                 format!("tenant {tenant} has too many reads in progress; try again shortly"),
             )
             .retry_after(Duration::from_secs(1)));

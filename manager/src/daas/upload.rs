@@ -13,7 +13,7 @@ use http_body_util::{BodyExt, BodyStream, Full};
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode, header};
 
-use super::{ApiError, ApiState, auth, json, query};
+use super::{ApiError, ApiState, Refusal, auth, json_of, query};
 use crate::batch::UploadReservation;
 use crate::coredms::TenantStorage;
 use crate::durable::unix_now;
@@ -31,7 +31,7 @@ const QUOTA_RETRY_AFTER: Duration = Duration::from_secs(60);
 
 fn too_large(size: u64, max: u64) -> ApiError {
     ApiError::new(
-        StatusCode::PAYLOAD_TOO_LARGE,
+        Refusal::TooLarge,
         format!("File size exceeds maximum allowed size: {size}/{max}"),
     )
 }
@@ -48,22 +48,13 @@ pub(super) async fn upload(
     if let Err(error) = &result {
         // A client too slow to be served gets its answer and loses the connection; any other
         // refusal lets the client finish sending, so it reads the answer.
-        if error.status != StatusCode::REQUEST_TIMEOUT {
+        if error.refusal != Refusal::TooSlow {
             tokio::spawn(discard_rest(body));
         }
-        let reason = match (error.status, error.message.as_str()) {
-            (StatusCode::UNAUTHORIZED, _) => "unauthorized",
-            (StatusCode::FORBIDDEN, _) => "file_type",
-            (StatusCode::PAYLOAD_TOO_LARGE, _) => "file_size",
-            (StatusCode::TOO_MANY_REQUESTS, _) => "files_number",
-            (StatusCode::INSUFFICIENT_STORAGE, _) => "quota",
-            (StatusCode::BAD_REQUEST, _) => "bad_request",
-            (StatusCode::REQUEST_TIMEOUT, _) => "too_slow",
-            _ => "error",
-        };
+        let reason = error.refusal.label();
         // Names a request could not prove stay out of the metric labels (a client must not add
         // series at will, nor learn which tenants exist).
-        let tenant = if reason == "unauthorized" {
+        let tenant = if error.refusal == Refusal::Unauthorized {
             "(unauthorized)"
         } else {
             tenant
@@ -71,7 +62,7 @@ pub(super) async fn upload(
         UploadRefused {
             tenant,
             reason,
-            status: error.status.as_u16(),
+            status: error.status().as_u16(),
             message: &error.message,
         }
         .emit(&state.metrics);
@@ -134,7 +125,7 @@ async fn accept(
                 let frame = frame.map_err(|e| ApiError::bad_request(format!("the upload broke off: {e}")))?;
                 if let Ok(data) = frame.into_data() {
                     pace.received(data.len());
-                    receiving.chunk(&data)?;
+                    receiving.chunk(&data).await?;
                 }
             }
             (name, receiving, file_type)
@@ -171,7 +162,7 @@ async fn accept(
                 .map_err(|e| ApiError::bad_request(format!("the upload broke off: {e}")))?
             {
                 pace.received(chunk.len());
-                receiving.chunk(&chunk)?;
+                receiving.chunk(&chunk).await?;
             }
             drop(field);
             if multipart
@@ -221,17 +212,17 @@ async fn accept(
     }
     .emit(&state.metrics);
     let status_url = format!("/v1/tenants/{tenant_id}/files/{id}");
-    let mut response = json(
+    let mut response = json_of(
         StatusCode::CREATED,
-        &serde_json::json!({
-            "file_id": id,
-            "tenant": tenant_id,
-            "file_name": name,
-            "file_type": file,
-            "size": size,
-            "status": "queued",
-            "status_url": status_url,
-        }),
+        &Accepted {
+            file_id: &id,
+            tenant: &tenant_id,
+            file_name: &name,
+            file_type: &file,
+            size,
+            status: "queued",
+            status_url: &status_url,
+        },
     );
     if let Ok(location) = status_url.parse() {
         response.headers_mut().insert(header::LOCATION, location);
@@ -265,14 +256,14 @@ impl Pace {
     async fn next<T>(&self, part: impl std::future::Future<Output = T>) -> Result<T, ApiError> {
         let part = tokio::time::timeout(self.idle, part).await.map_err(|_| {
             ApiError::new(
-                StatusCode::REQUEST_TIMEOUT,
+                Refusal::TooSlow,
                 format!("the upload sent nothing for {} s", self.idle.as_secs()),
             )
         })?;
         let elapsed = self.started.elapsed();
         if elapsed > self.grace && (self.bytes as f64) < self.min_bytes_per_second as f64 * elapsed.as_secs_f64() {
             return Err(ApiError::new(
-                StatusCode::REQUEST_TIMEOUT,
+                Refusal::TooSlow,
                 format!(
                     "the upload came in at {:.0} bytes/s, slower than the {} bytes/s the platform accepts",
                     self.bytes as f64 / elapsed.as_secs_f64(),
@@ -286,6 +277,18 @@ impl Pace {
     fn received(&mut self, bytes: usize) {
         self.bytes += bytes as u64;
     }
+}
+
+/// The answer to an accepted upload.
+#[derive(serde::Serialize)]
+struct Accepted<'a> {
+    file_id: &'a str,
+    tenant: &'a TenantId,
+    file_name: &'a str,
+    file_type: &'a FileType,
+    size: u64,
+    status: &'static str,
+    status_url: &'a str,
 }
 
 /// The file type: `?type=`, else the name's extension; it must be one the tenant may send.
@@ -306,7 +309,7 @@ fn file_type(name: &str, explicit: Option<&String>, tenant: &Tenant) -> Result<F
         .parse::<FileType>()
         .ok()
         .filter(|t| tenant.allows(t))
-        .ok_or_else(|| ApiError::new(StatusCode::FORBIDDEN, TYPE_NOT_ALLOWED))
+        .ok_or_else(|| ApiError::new(Refusal::Forbidden, TYPE_NOT_ALLOWED))
 }
 
 /// An upload being received, with the tenant's limits.
@@ -333,15 +336,21 @@ impl Receiving {
             .tracker
             .try_reserve(tenant_id, tenant.max_files_number)
             .ok_or_else(|| {
-                ApiError::new(StatusCode::TOO_MANY_REQUESTS, TOO_MANY_FILES)
-                    .retry_after(std::time::Duration::from_secs(10))
+                ApiError::new(Refusal::TooManyFiles, TOO_MANY_FILES).retry_after(std::time::Duration::from_secs(10))
             })?;
         let storage = TenantStorage::of(tenant_id, tenant);
         if let Err(over) = state.usage.check_quota(&storage, tenant.max_memory_size).await? {
             log::info!("upload refused: {over}");
-            return Err(ApiError::new(StatusCode::INSUFFICIENT_STORAGE, NO_SPACE).retry_after(QUOTA_RETRY_AFTER));
+            return Err(ApiError::new(Refusal::OverQuota, NO_SPACE).retry_after(QUOTA_RETRY_AFTER));
         }
-        let incoming = state.staging.begin(tenant_id, file_type)?;
+        let (staging, tenant_id_owned, file_type_owned) = (
+            std::sync::Arc::clone(&state.staging),
+            tenant_id.clone(),
+            file_type.clone(),
+        );
+        let incoming = tokio::task::spawn_blocking(move || staging.begin(&tenant_id_owned, &file_type_owned))
+            .await
+            .map_err(|e| ApiError::internal(format!("staging the file failed: {e}")))??;
         Ok(Receiving {
             max_file_size: tenant.max_file_size,
             reservation,
@@ -350,12 +359,12 @@ impl Receiving {
     }
 
     /// Takes a chunk of the body, or stops the upload at the size limit.
-    fn chunk(&mut self, data: &[u8]) -> Result<(), ApiError> {
+    async fn chunk(&mut self, data: &[u8]) -> Result<(), ApiError> {
         let size = self.incoming.written() + data.len() as u64;
         if size > self.max_file_size {
             return Err(too_large(size, self.max_file_size));
         }
-        self.incoming.write(data)?;
+        self.incoming.write(data).await?;
         Ok(())
     }
 }

@@ -127,11 +127,6 @@ impl ReportStore {
         Ok(store)
     }
 
-    /// The folder.
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
-
     /// The settings.
     pub fn config(&self) -> &ReportsConfig {
         &self.config
