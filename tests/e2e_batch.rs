@@ -260,7 +260,9 @@ fn each_violation_gets_its_status_and_message_and_leaves_nothing_in_staging() {
                 .unwrap()
                 .starts_with("File size exceeds maximum allowed size: ")
         );
-        assert!(wait_until(Duration::from_secs(5), || platform.incoming_files().is_empty()));
+        assert!(wait_until(Duration::from_secs(5), || platform
+            .incoming_files()
+            .is_empty()));
 
         // The quota (200 kB) is on what the tenant's data occupies: files are accepted while
         // it occupies less, then refused.

@@ -135,7 +135,9 @@ fn slow_headers_and_slow_uploads_are_dropped_and_free_their_slots() {
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
     assert!(answer.contains("slower than the 1000 bytes/s"), "{answer}");
     ingest_some(&platform, 2);
-    assert!(wait_until(Duration::from_secs(5), || platform.incoming_files().is_empty()));
+    assert!(wait_until(Duration::from_secs(5), || platform
+        .incoming_files()
+        .is_empty()));
 }
 
 #[test]

@@ -10,6 +10,7 @@ use crate::batch::BatchConfig;
 use crate::coredms::cassandra::CassandraConfig;
 use crate::queue::QueueConfig;
 use crate::report::ReportsConfig;
+use crate::stream::StreamConfig;
 use crate::tenants::TokenDigest;
 
 /// The default name of the settings file in the platform's folder.
@@ -30,6 +31,8 @@ pub struct PlatformConfig {
     pub queue: QueueConfig,
     /// The batch manager.
     pub batch: BatchConfig,
+    /// The stream manager and the message API.
+    pub stream: StreamConfig,
     /// The plugin host.
     pub plugins: PluginsConfig,
     /// How many reports and rejected rows are kept, and when logs rotate.

@@ -17,6 +17,7 @@ pub mod report;
 pub mod schema;
 pub mod source;
 pub mod staging;
+pub mod stream;
 pub mod telemetry;
 pub mod tenants;
 pub mod usage;

@@ -18,6 +18,7 @@ use crate::daas::{self, ApiState};
 use crate::plugin_host::{PluginHost, PluginHostConfig};
 use crate::report::{REPORTS_DIR, ReportStore};
 use crate::staging::{STAGING_DIR, Staging};
+use crate::stream::{StreamContext, StreamManager};
 use crate::telemetry::Metrics;
 use crate::tenants::watch::TenantsWatcher;
 use crate::tenants::{CUSTOMER_INFORMATION_FILE, TokenDigest};
@@ -122,6 +123,18 @@ pub async fn serve(options: ServeOptions, shutdown: impl std::future::Future<Out
         .context("starting the batch manager")?,
     );
 
+    let stream = StreamManager::start(Arc::new(StreamContext {
+        queue: Arc::clone(&queue),
+        plugins: Arc::clone(&plugins),
+        dms: Arc::clone(&dms),
+        usage: Arc::clone(&usage),
+        reports: Arc::clone(&reports),
+        tenants: tenants.clone(),
+        config: config.stream.clone(),
+        data_dir: data_dir.clone(),
+        cancel: cancel.clone(),
+    }));
+
     let admin_token = admin_token
         .map(|t| TokenDigest::of(&t))
         .or(config.server.admin_token_sha256.clone());
@@ -134,6 +147,10 @@ pub async fn serve(options: ServeOptions, shutdown: impl std::future::Future<Out
     let address = listener.local_addr()?;
     let state = Arc::new(ApiState {
         reads: daas::ReadGate::new(config.server.max_reads_per_tenant),
+        queue,
+        stream: Arc::clone(&stream),
+        stream_config: config.stream.clone(),
+        rates: daas::RateLimits::default(),
         server: config.server.clone(),
         tenants,
         admin_token,
@@ -162,7 +179,7 @@ pub async fn serve(options: ServeOptions, shutdown: impl std::future::Future<Out
     // The API and the batch manager stop side by side, each within its own bound (requests in
     // progress, files in flight); then the plugins are unloaded. What did not finish is redone
     // at the next start: nothing acknowledged depends on a clean stop.
-    let (_, ()) = tokio::join!(server, batch.join());
+    let (_, (), ()) = tokio::join!(server, batch.join(), stream.shutdown());
     tokio::task::spawn_blocking(move || plugins.shutdown(PLUGIN_UNLOAD_GRACE)).await?;
     drop(tenants_watcher);
     log::info!("stopped ms={}", stopping.elapsed().as_millis());

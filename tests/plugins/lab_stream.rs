@@ -1,5 +1,6 @@
 // The lab stream test plugin: tenant `lab`, built twice (lab_stream_v1 and lab_stream_v2) so
-// tests can replace one version with another under running instances. Each message is a line:
+// tests can replace one version with another under running instances. Each message is a line of
+// text, or a JSON string holding one (as the message API takes JSON):
 // - `key,number` → a row (key, number, the plugin version, the instance id, the instance's
 //   message count so far);
 // - `PANIC` → panics (the whole batch fails); `ERROR` → the batch fails with an error;
@@ -49,6 +50,10 @@ impl StreamIngestApp for LabStream {
         BATCHES_ON_THIS_THREAD.with(|b| b.borrow_mut().push(1));
         for message in messages {
             let text = String::from_utf8_lossy(message.payload()).trim().to_string();
+            let text = match text.strip_prefix('"').and_then(|t| t.strip_suffix('"')) {
+                Some(inner) => inner.to_string(),
+                None => text,
+            };
             self.seen += 1;
             match text.as_str() {
                 "PANIC" => panic!("the lab stream plugin {LAB_VERSION} was asked to panic"),

@@ -50,6 +50,42 @@ impl Backend {
     }
 }
 
+/// A queue backend to run against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QueueBackend {
+    /// SQLite, nothing to install.
+    Embedded,
+    /// The Kafka at `MYSIMBDP_TEST_KAFKA`.
+    Kafka,
+}
+
+impl QueueBackend {
+    /// The queue backends to run "both queues" tests on: embedded always; Kafka when it is
+    /// configured ([`Service::address`]).
+    pub fn all() -> Vec<QueueBackend> {
+        match Service::Kafka.address() {
+            Some(_) => vec![QueueBackend::Embedded, QueueBackend::Kafka],
+            None => vec![QueueBackend::Embedded],
+        }
+    }
+
+    /// The `[queue]` section selecting this backend (Kafka topics get a prefix unique to this
+    /// test run), to pass as (the start of) a platform's extra configuration.
+    pub fn config(self) -> String {
+        match self {
+            QueueBackend::Embedded => "[queue]\nbackend = \"embedded\"\n".to_string(),
+            QueueBackend::Kafka => {
+                static RUN: AtomicU64 = AtomicU64::new(0);
+                let brokers = Service::Kafka.address().expect("checked by QueueBackend::all");
+                let prefix = format!("t{}.{}.", std::process::id(), RUN.fetch_add(1, Ordering::Relaxed));
+                format!(
+                    "[queue]\nbackend = \"kafka\"\nkafka.brokers = \"{brokers}\"\nkafka.topic_prefix = \"{prefix}\"\n"
+                )
+            }
+        }
+    }
+}
+
 /// A tenant entry for `customer_information.json`; its token is `<name>-token`.
 #[derive(Debug, Clone)]
 pub struct TenantSpec {
@@ -114,6 +150,8 @@ pub struct Platform {
     agent: ureq::Agent,
     /// A descriptor limit (`RLIMIT_NOFILE`, soft and hard) for the platform's process.
     fd_limit: Option<u64>,
+    /// The port it listens on, the same across restarts.
+    port: u16,
 }
 
 impl Platform {
@@ -160,6 +198,7 @@ impl Platform {
             url: String::new(),
             agent: agent(),
             fd_limit: None,
+            port: free_port(),
         }
     }
 
@@ -194,7 +233,8 @@ impl Platform {
         let mut child = command
             .args(["serve", "--root"])
             .arg(&self.dir)
-            .args(["--listen", "127.0.0.1:0"])
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{}", self.port))
             .env("MYSIMBDP_ADMIN_TOKEN", ADMIN_TOKEN)
             .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
             .stdout(Stdio::piped())
@@ -286,6 +326,45 @@ impl Platform {
             .method(method)
             .uri(format!("{}{path}", self.url))
             .header("Authorization", format!("Bearer {token}"))
+            .body(body)
+            .unwrap();
+        match self.agent.run(request) {
+            Ok(mut response) => {
+                let status = response.status().as_u16();
+                let headers = response.headers().clone();
+                let text = response.body_mut().read_to_string().unwrap_or_default();
+                (
+                    status,
+                    serde_json::from_str(&text).unwrap_or(Value::String(text)),
+                    headers,
+                )
+            }
+            Err(e) => panic!("HTTP request failed: {e}"),
+        }
+    }
+
+    /// A client of its message API that follows it across restarts.
+    pub fn client(&self) -> Client {
+        Client {
+            url: format!("http://127.0.0.1:{}", self.port),
+            agent: agent(),
+        }
+    }
+
+    /// `POST /v1/tenants/{tenant}/messages` with `body` of `content_type`: status, JSON body
+    /// and headers.
+    pub fn post_messages(
+        &self,
+        tenant: &str,
+        token: &str,
+        content_type: &str,
+        body: &[u8],
+    ) -> (u16, Value, ureq::http::HeaderMap) {
+        let request = ureq::http::Request::builder()
+            .method("POST")
+            .uri(format!("{}/v1/tenants/{tenant}/messages", self.url))
+            .header("Authorization", format!("Bearer {token}"))
+            .header("Content-Type", content_type)
             .body(body)
             .unwrap();
         match self.agent.run(request) {
@@ -426,6 +505,51 @@ impl Drop for Platform {
         if std::thread::panicking() {
             eprintln!("platform log ({}):\n{}", self.dir.display(), self.tail_log());
         }
+    }
+}
+
+/// A port nothing listens on now.
+fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a port to listen on");
+    listener.local_addr().unwrap().port()
+}
+
+/// A client of a platform's message API that outlives its restarts (the port stays).
+#[derive(Clone)]
+pub struct Client {
+    url: String,
+    agent: ureq::Agent,
+}
+
+impl Client {
+    /// `POST /v1/tenants/{tenant}/messages`: status, JSON body and `Retry-After`, or `Err`
+    /// when no answer came (the platform is down).
+    pub fn post_messages(
+        &self,
+        tenant: &str,
+        token: &str,
+        content_type: &str,
+        body: &[u8],
+    ) -> Result<(u16, Value, Option<u64>), String> {
+        let request = ureq::http::Request::builder()
+            .method("POST")
+            .uri(format!("{}/v1/tenants/{tenant}/messages", self.url))
+            .header("Authorization", format!("Bearer {token}"))
+            .header("Content-Type", content_type)
+            .body(body)
+            .map_err(|e| e.to_string())?;
+        let mut response = self.agent.run(request).map_err(|e| e.to_string())?;
+        let status = response.status().as_u16();
+        let retry_after = response
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok()?.parse().ok());
+        let text = response.body_mut().read_to_string().unwrap_or_default();
+        Ok((
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+            retry_after,
+        ))
     }
 }
 

@@ -5,9 +5,12 @@
 mod auth;
 mod connections;
 mod error;
+mod messages;
+mod rate;
 mod read;
 mod reads;
 mod routes;
+mod stream;
 mod upload;
 
 use std::collections::HashMap;
@@ -26,6 +29,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 pub use error::{ApiError, Refusal};
+pub use rate::RateLimits;
 pub use reads::ReadGate;
 
 use connections::Connections;
@@ -35,8 +39,10 @@ use crate::batch::{BatchManager, FileTracker};
 use crate::config::ServerConfig;
 use crate::coredms::{CoreDms, TenantStorage, TenantStore};
 use crate::plugin_host::PluginHost;
+use crate::queue::Queue;
 use crate::report::ReportStore;
 use crate::staging::Staging;
+use crate::stream::{StreamConfig, StreamManager};
 use crate::telemetry::Metrics;
 use crate::tenants::watch::TenantsHandle;
 use crate::tenants::{Tenant, TenantId, TokenDigest};
@@ -71,6 +77,14 @@ pub struct ApiState {
     pub metrics: Arc<Metrics>,
     /// The bound on each tenant's reads in progress.
     pub reads: ReadGate,
+    /// The tenants' topics, where accepted messages go.
+    pub queue: Arc<dyn Queue>,
+    /// The stream instances.
+    pub stream: Arc<StreamManager>,
+    /// The platform's stream limits (a tenant may set its own).
+    pub stream_config: StreamConfig,
+    /// Each tenant's message rate.
+    pub rates: RateLimits,
 }
 
 impl ApiState {
@@ -268,6 +282,11 @@ async fn route(state: &ApiState, request: Request<Incoming>) -> Result<Response<
         Endpoint::PlatformStats => read::platform_stats(state, &request).await,
         Endpoint::Plugins => read::plugins(state, &request),
         Endpoint::Files => upload::upload(state, request, &params.tenant).await,
+        Endpoint::Messages => messages::post(state, request, &params.tenant).await,
+        Endpoint::StreamInstances if method == Method::POST => stream::start(state, &request, &params),
+        Endpoint::StreamInstances => stream::list(state, &request, &params),
+        Endpoint::StreamInstance => stream::stop(state, &request, &params).await,
+        Endpoint::StreamRejected => stream::rejected(state, &request, &params).await,
         _ => read::tenant_get(state, &request, endpoint, &params).await,
     }
 }

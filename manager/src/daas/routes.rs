@@ -21,6 +21,10 @@ pub(super) enum Endpoint {
     Tables,
     TableRows,
     TableCount,
+    Messages,
+    StreamInstances,
+    StreamInstance,
+    StreamRejected,
 }
 
 const PATTERNS: &[(&str, Endpoint)] = &[
@@ -36,13 +40,22 @@ const PATTERNS: &[(&str, Endpoint)] = &[
     ("/v1/tenants/{tenant}/tables", Endpoint::Tables),
     ("/v1/tenants/{tenant}/tables/{table}/rows", Endpoint::TableRows),
     ("/v1/tenants/{tenant}/tables/{table}/count", Endpoint::TableCount),
+    ("/v1/tenants/{tenant}/messages", Endpoint::Messages),
+    ("/v1/tenants/{tenant}/stream/instances", Endpoint::StreamInstances),
+    (
+        "/v1/tenants/{tenant}/stream/instances/{instance}",
+        Endpoint::StreamInstance,
+    ),
+    ("/v1/tenants/{tenant}/stream/rejected", Endpoint::StreamRejected),
 ];
 
 impl Endpoint {
     /// The methods it takes (HEAD is taken wherever GET is).
     pub(super) fn methods(self) -> &'static [Method] {
         match self {
-            Endpoint::Files => &[Method::POST],
+            Endpoint::Files | Endpoint::Messages => &[Method::POST],
+            Endpoint::StreamInstances => &[Method::GET, Method::POST],
+            Endpoint::StreamInstance => &[Method::DELETE],
             _ => &[Method::GET],
         }
     }
@@ -57,6 +70,8 @@ pub(super) struct PathParams {
     pub file: String,
     /// A table name.
     pub table: String,
+    /// A stream instance id.
+    pub instance: String,
 }
 
 static ROUTER: LazyLock<matchit::Router<Endpoint>> = LazyLock::new(|| {
@@ -80,6 +95,7 @@ pub(super) fn find(path: &str) -> Option<(Endpoint, PathParams)> {
             tenant: get("tenant"),
             file: get("file"),
             table: get("table"),
+            instance: get("instance"),
         },
     ))
 }

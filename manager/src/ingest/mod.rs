@@ -13,7 +13,7 @@ use std::sync::Arc;
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
 
-pub use rejects::Rejects;
+pub use rejects::{RejectSink, Rejects};
 
 use crate::coredms::{StoreError, TenantStorage, TenantStore, Written};
 use crate::plugin_host::{BatchStream, CallOutcome};
@@ -37,7 +37,7 @@ pub async fn drain(
     mut stream: BatchStream,
     store: &Arc<dyn TenantStore>,
     writes_in_flight: usize,
-    rejects: &mut Rejects,
+    rejects: &mut impl RejectSink,
 ) -> Drained {
     let mut written = Written::default();
     let mut store_error = None;

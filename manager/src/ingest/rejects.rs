@@ -10,6 +10,25 @@ use crate::plugin_host::rows::RejectedRecord;
 use crate::report::RejectedRow;
 use crate::source::Source;
 
+/// Where a call's rejected records go: a source's [`Rejects`], or a `Vec` that holds them until
+/// the call is known to have succeeded (a stream batch that may be tried again).
+pub trait RejectSink: Send {
+    /// Takes a batch's rejected records.
+    fn add(&mut self, records: Vec<RejectedRecord>) -> impl std::future::Future<Output = ()> + Send;
+}
+
+impl RejectSink for Vec<RejectedRecord> {
+    async fn add(&mut self, records: Vec<RejectedRecord>) {
+        self.extend(records);
+    }
+}
+
+impl RejectSink for Rejects {
+    async fn add(&mut self, records: Vec<RejectedRecord>) {
+        Rejects::add(self, records).await;
+    }
+}
+
 /// Bytes buffered before they are written to the temporary file.
 const BUFFER_BYTES: usize = 64 << 10;
 

@@ -118,7 +118,7 @@ fn sender<'a>(
     }
 }
 
-/// Runs `call` with a sink into `batches`, timing its CPU; records the outcome for quarantine.
+/// Runs `call` with a sink into `batches`, timing its CPU.
 fn timed(
     version: &PluginVersion,
     call: impl FnOnce(&mut dyn FnMut(&RowBatch) -> Result<(), String>) -> Result<(), CallError>,
@@ -130,7 +130,6 @@ fn timed(
     let result = call(&mut sink);
     let cpu_ns = thread_cpu_ns().saturating_sub(started);
     version.add_cpu(cpu_ns);
-    version.record_outcome(result.as_ref().map(|_| ()));
     CallOutcome { result, cpu_ns }
 }
 
@@ -162,6 +161,9 @@ impl PluginVersion {
                 &batches,
                 &cancel,
             );
+            // A file's failure counts towards quarantine; a stream batch's is judged by the
+            // caller, which retries and isolates poison messages first.
+            version.record_outcome(outcome.result.as_ref().map(|_| ()));
             version.usage().calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             drop(batches);
             let _ = done.send(outcome);
@@ -282,7 +284,8 @@ impl Instance {
 
     /// Hands `messages` to the instance; its rows come back through the stream, at most
     /// `capacity` batches ahead. `Err` when the instance is closed (its version was retired or
-    /// quarantined, or it failed): open a new one.
+    /// quarantined, or it failed): open a new one. A failed batch does not count towards the
+    /// version's quarantine by itself: the caller judges ([`PluginVersion::record_outcome`]).
     pub fn process(
         &self,
         messages: Vec<StreamMessage>,

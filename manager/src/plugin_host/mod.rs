@@ -36,6 +36,8 @@ pub use calls::{BatchStream, CallOutcome, FileCall, Instance, StreamMessage};
 pub use loader::CallError;
 pub use manifest::{check_identity, convert_manifest, dropped_columns, hash_file};
 pub use naming::{PluginId, PluginKind};
+/// The class of a failed plugin call (an error, a caught panic, a cancellation).
+pub use plugin_api::ErrorKind as CallErrorKind;
 pub use status::{LoadFailure, LoadFailureKind, LoadedStatus, PluginStatus};
 pub use version::{CallRefused, PluginManifest, PluginVersion, VersionState};
 

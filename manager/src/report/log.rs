@@ -20,6 +20,34 @@ pub struct Position {
     pub length: u64,
 }
 
+/// Where a page of a log starts: a segment and a byte offset in it. As text (in a page token)
+/// `<segment>.<offset>`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cursor {
+    /// Segment number.
+    pub segment: u64,
+    /// Byte offset of a line's start.
+    pub offset: u64,
+}
+
+impl std::fmt::Display for Cursor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}.{}", self.segment, self.offset)
+    }
+}
+
+impl std::str::FromStr for Cursor {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || format!("{s:?} is not a page this API returned");
+        let (segment, offset) = s.split_once('.').ok_or_else(bad)?;
+        Ok(Cursor {
+            segment: segment.parse().map_err(|_| bad())?,
+            offset: offset.parse().map_err(|_| bad())?,
+        })
+    }
+}
+
 /// A segmented log.
 #[derive(Debug)]
 pub struct SegmentedLog {
@@ -108,6 +136,60 @@ impl SegmentedLog {
         Ok(lines.into_iter())
     }
 
+    /// Up to `limit` lines from `from` (a [`Cursor`] an earlier page returned; `None`: the
+    /// oldest line kept), and the cursor of the next page if there is more. A cursor into a
+    /// segment that has been rotated away continues at the oldest line kept.
+    pub fn page(&self, from: Option<Cursor>, limit: usize) -> io::Result<(Vec<String>, Option<Cursor>)> {
+        let mut segments = closed_segments(&self.dir, &self.name)?;
+        segments.push(self.segment);
+        let mut cursor = from.unwrap_or(Cursor {
+            segment: segments[0],
+            offset: 0,
+        });
+        if !segments.contains(&cursor.segment) {
+            cursor = Cursor {
+                segment: segments
+                    .iter()
+                    .copied()
+                    .find(|s| *s > cursor.segment)
+                    .unwrap_or(self.segment),
+                offset: 0,
+            };
+        }
+        let mut lines = Vec::new();
+        for &segment in segments.iter().filter(|s| **s >= cursor.segment) {
+            let offset = if segment == cursor.segment { cursor.offset } else { 0 };
+            let mut file = match File::open(self.segment_path(segment)) {
+                Ok(file) => file,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e),
+            };
+            file.seek(SeekFrom::Start(offset))?;
+            let mut reader = BufReader::new(file);
+            let mut position = offset;
+            let mut line = String::new();
+            loop {
+                line.clear();
+                let n = reader.read_line(&mut line)?;
+                if n == 0 || !line.ends_with('\n') {
+                    break;
+                }
+                position += n as u64;
+                if lines.len() == limit {
+                    return Ok((
+                        lines,
+                        Some(Cursor {
+                            segment,
+                            offset: position - n as u64,
+                        }),
+                    ));
+                }
+                lines.push(line.trim_end().to_string());
+            }
+        }
+        Ok((lines, None))
+    }
+
     fn segment_path(&self, segment: u64) -> PathBuf {
         if segment == self.segment {
             self.dir.join(&self.name)
@@ -159,6 +241,11 @@ mod tests {
         let kept: Vec<String> = log.lines().unwrap().collect();
         assert!(kept.len() < 20 && kept.last().unwrap().contains(&format!("{:030}", 19)));
 
+        let (first, next) = log.page(None, 2).unwrap();
+        assert_eq!(first.len(), 2);
+        let (second, _) = log.page(next, 100).unwrap();
+        assert_eq!(second.len() + 2, kept.len(), "pages cover what is kept, once");
+        assert_eq!(second.last(), kept.last());
         let reopened = SegmentedLog::open(dir.path(), "t.jsonl", 100, 2).unwrap();
         assert_eq!(
             reopened.read(last).unwrap().len() as u64,

@@ -7,7 +7,9 @@
 //! - `<tenant>_report.jsonl`: every report, one per line, in rotated segments; it feeds the
 //!   statistics after a restart;
 //! - `<tenant>_rejected.jsonl`: the rows plugins rejected (file id, line, reason, raw input),
-//!   in rotated segments; each report points at its file's rows.
+//!   in rotated segments; each report points at its file's rows;
+//! - `<tenant>_stream_rejected.jsonl`: the messages stream plugins rejected (partition, offset,
+//!   reason, raw payload), in rotated segments, paged by the API.
 
 mod log;
 pub mod stats;
@@ -15,7 +17,7 @@ pub mod store;
 
 use serde::{Deserialize, Serialize};
 
-pub use log::{Position, SegmentedLog};
+pub use log::{Cursor, Position, SegmentedLog};
 pub use stats::{IngestStats, StatsSnapshot};
 pub use store::{RejectedPage, RejectedRow, ReportStore, ReportsConfig};
 

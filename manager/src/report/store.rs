@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 
-use super::{FileReport, IngestStats, RejectedRows, SegmentedLog, StatsSnapshot};
+use super::{Cursor, FileReport, IngestStats, RejectedRows, SegmentedLog, StatsSnapshot};
 use crate::durable::write_durably;
 use crate::source::{FileId, Source};
 use crate::tenants::TenantId;
@@ -96,6 +96,7 @@ struct TenantReports {
     document: BTreeMap<FileId, FileReport>,
     log: SegmentedLog,
     rejected: SegmentedLog,
+    stream_rejected: SegmentedLog,
     stats: IngestStats,
 }
 
@@ -149,6 +150,12 @@ impl ReportStore {
             self.config.log_segment_bytes,
             self.config.log_segments_kept,
         )?;
+        let stream_rejected = SegmentedLog::open(
+            &self.dir,
+            &format!("{tenant}_stream_rejected.jsonl"),
+            self.config.log_segment_bytes,
+            self.config.log_segments_kept,
+        )?;
         let mut stats = IngestStats::default();
         let mut from_log = BTreeMap::new();
         for line in log.lines()? {
@@ -173,6 +180,7 @@ impl ReportStore {
             document,
             log,
             rejected,
+            stream_rejected,
             stats,
         }));
         tenants.insert(tenant.clone(), Arc::clone(&reports));
@@ -283,6 +291,29 @@ impl ReportStore {
             .collect();
         let next_page = (start.saturating_add(limit) < lines.len()).then(|| (page + 1).to_string());
         Ok(Some(RejectedPage { rows, next_page }))
+    }
+
+    /// Appends a stream batch's rejected messages (a JSON Lines file `Rejects` wrote).
+    pub fn record_stream_rejects(&self, tenant: &TenantId, rejected_file: &Path) -> io::Result<()> {
+        let reports = self.tenant(tenant)?;
+        let mut reports = reports.lock().unwrap_or_else(|e| e.into_inner());
+        reports.stream_rejected.append_file(rejected_file).map(|_| ())
+    }
+
+    /// A page of the tenant's rejected messages, oldest first, from `page` (a token an earlier
+    /// page returned).
+    pub fn stream_rejected(&self, tenant: &TenantId, page: Option<&str>, limit: usize) -> io::Result<RejectedPage> {
+        let cursor = page
+            .map(str::parse::<Cursor>)
+            .transpose()
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        let reports = self.tenant(tenant)?;
+        let reports = reports.lock().unwrap_or_else(|e| e.into_inner());
+        let (lines, next) = reports.stream_rejected.page(cursor, limit)?;
+        Ok(RejectedPage {
+            rows: lines.iter().filter_map(|l| serde_json::from_str(l).ok()).collect(),
+            next_page: next.map(|c| c.to_string()),
+        })
     }
 
     /// A tenant's statistics.

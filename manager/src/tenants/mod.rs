@@ -188,6 +188,21 @@ pub struct Tenant {
     pub replication_factor: u32,
     /// SHA-256 of the tenant's API token.
     pub api_token_sha256: TokenDigest,
+    /// The largest message accepted, in bytes (platform default when unset).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_message_bytes: Option<u64>,
+    /// The largest message request accepted, in bytes (platform default when unset).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_request_bytes: Option<u64>,
+    /// Messages per second, on average (a token bucket; platform default when unset).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_messages_per_second: Option<u64>,
+    /// Stream instances kept running at least (0: none while no message waits).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_stream_instances: Option<u32>,
+    /// Stream instances at most.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_stream_instances: Option<u32>,
     /// The seed's counter; ignored (counters live in the platform's state).
     #[serde(default, skip_serializing)]
     pub uploaded_files_number: Option<serde_json::Value>,
@@ -311,6 +326,24 @@ impl Tenants {
             }
             if !(1..=32).contains(&tenant.replication_factor) {
                 return Err(invalid(id, "replication_factor must be between 1 and 32".into()));
+            }
+            for (name, value) in [
+                ("max_message_bytes", tenant.max_message_bytes),
+                ("max_request_bytes", tenant.max_request_bytes),
+                ("max_messages_per_second", tenant.max_messages_per_second),
+                ("max_stream_instances", tenant.max_stream_instances.map(u64::from)),
+            ] {
+                if value == Some(0) {
+                    return Err(invalid(id, format!("{name} must be greater than 0")));
+                }
+            }
+            if let (Some(min), Some(max)) = (tenant.min_stream_instances, tenant.max_stream_instances)
+                && min > max
+            {
+                return Err(invalid(
+                    id,
+                    format!("min_stream_instances ({min}) is more than max_stream_instances ({max})"),
+                ));
             }
             if tenant.uploaded_files_number.is_some() || tenant.uploaded_data_size.is_some() {
                 log::warn!(

@@ -1,0 +1,109 @@
+//! The stream endpoints: a tenant's instances (listed by the tenant, started and stopped by
+//! the operator) and its rejected messages.
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::{Request, Response, StatusCode};
+use serde::Serialize;
+
+use super::routes::PathParams;
+use super::{ApiError, ApiState, Refusal, auth, json_of, limit_param, query};
+use crate::stream::{InstanceView, StreamError};
+use crate::tenants::TenantId;
+
+#[derive(Serialize)]
+struct Instances {
+    instances: Vec<InstanceView>,
+}
+
+#[derive(Serialize)]
+struct Started {
+    instance_id: String,
+}
+
+impl From<StreamError> for ApiError {
+    fn from(e: StreamError) -> Self {
+        let refusal = match &e {
+            StreamError::UnknownTenant(_) | StreamError::NoInstance { .. } | StreamError::NoPlugin { .. } => {
+                Refusal::NotFound
+            }
+            StreamError::AtMaximum { .. } => Refusal::Conflict,
+            StreamError::State(_) => Refusal::Internal,
+        };
+        ApiError::new(refusal, e.to_string())
+    }
+}
+
+/// `GET /v1/tenants/{t}/stream/instances`.
+pub(super) fn list(
+    state: &ApiState,
+    request: &Request<Incoming>,
+    path: &PathParams,
+) -> Result<Response<Full<Bytes>>, ApiError> {
+    let tenants = state.tenants.current();
+    let (tenant, _) = auth::tenant(&tenants, request.headers(), &path.tenant)?;
+    Ok(json_of(
+        StatusCode::OK,
+        &Instances {
+            instances: state.stream.instances(&tenant),
+        },
+    ))
+}
+
+/// The tenant an operator's call is about.
+fn admin_tenant(state: &ApiState, request: &Request<Incoming>, path: &PathParams) -> Result<TenantId, ApiError> {
+    auth::admin(state.admin_token.as_ref(), request.headers())?;
+    let tenants = state.tenants.current();
+    tenants
+        .find(&path.tenant)
+        .map(|(id, _)| id.clone())
+        .ok_or_else(|| ApiError::not_found(format!("no tenant {:?} in customer_information.json", path.tenant)))
+}
+
+/// `POST /v1/tenants/{t}/stream/instances` (admin).
+pub(super) fn start(
+    state: &ApiState,
+    request: &Request<Incoming>,
+    path: &PathParams,
+) -> Result<Response<Full<Bytes>>, ApiError> {
+    let tenant = admin_tenant(state, request, path)?;
+    let instance_id = state.stream.start_instance(&tenant)?;
+    Ok(json_of(StatusCode::CREATED, &Started { instance_id }))
+}
+
+/// `DELETE /v1/tenants/{t}/stream/instances/{id}` (admin): 204 once the batch in hand is
+/// stored and committed.
+pub(super) async fn stop(
+    state: &ApiState,
+    request: &Request<Incoming>,
+    path: &PathParams,
+) -> Result<Response<Full<Bytes>>, ApiError> {
+    let tenant = admin_tenant(state, request, path)?;
+    state.stream.stop_instance(&tenant, &path.instance).await?;
+    let mut response = Response::new(Full::new(Bytes::new()));
+    *response.status_mut() = StatusCode::NO_CONTENT;
+    Ok(response)
+}
+
+/// `GET /v1/tenants/{t}/stream/rejected?limit=N&page=P`.
+pub(super) async fn rejected(
+    state: &ApiState,
+    request: &Request<Incoming>,
+    path: &PathParams,
+) -> Result<Response<Full<Bytes>>, ApiError> {
+    let tenants = state.tenants.current();
+    let (tenant, _) = auth::tenant(&tenants, request.headers(), &path.tenant)?;
+    let params = query(request);
+    let limit = limit_param(&params, 100, 1000)?;
+    let page = params.get("page").cloned();
+    let reports = std::sync::Arc::clone(&state.reports);
+    let rows = tokio::task::spawn_blocking(move || reports.stream_rejected(&tenant, page.as_deref(), limit))
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))?
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::InvalidInput => ApiError::bad_request(e.to_string()),
+            _ => ApiError::from(e),
+        })?;
+    Ok(json_of(StatusCode::OK, &rows))
+}

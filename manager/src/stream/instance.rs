@@ -1,0 +1,362 @@
+//! One stream instance's task: poll a batch from the tenant's topic (at most `batch_messages`,
+//! waiting at most `batch_wait_ms`), hand each partition's messages to the tenant's plugin,
+//! write the rows, make them durable, keep the rejected messages, and only then commit the
+//! offsets. A stop is seen between batches, so the batch in hand is always stored and
+//! committed first. A new plugin version is picked up at a batch boundary.
+//!
+//! Anything that cannot go on now (no plugin, storage or the queue unreachable) pauses the
+//! instance with a backoff; what was polled and not committed is delivered again (the consumer
+//! is dropped, so the next one starts from the committed offsets).
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+
+use super::{GROUP, StreamContext, recovery};
+use crate::coredms::{TenantStorage, TenantStore, Written};
+use crate::durable::unix_now;
+use crate::ingest;
+use crate::plugin_host::{Instance, PluginVersion};
+use crate::queue::{QueueConsumer, QueuedMessage};
+use crate::tenants::TenantId;
+
+/// What an instance is doing.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InstanceState {
+    /// Not yet consuming.
+    #[default]
+    Starting,
+    /// Consuming (with or without messages to process).
+    Running,
+    /// Paused: see the note (no plugin, storage or the queue unreachable).
+    Waiting,
+    /// Stopped.
+    Stopped,
+}
+
+/// An instance's state and what it has done since it started.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct InstanceStatus {
+    /// What it is doing.
+    pub state: InstanceState,
+    /// Why it waits.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+    /// The plugin version it runs.
+    pub plugin_version: Option<String>,
+    /// That version's load generation.
+    pub plugin_generation: Option<u64>,
+    /// The partitions of the tenant's topic it consumes now.
+    pub partitions: Vec<u32>,
+    /// Messages processed (stored or rejected).
+    pub messages: u64,
+    /// Their payload bytes.
+    pub bytes: u64,
+    /// Rows stored.
+    pub rows: u64,
+    /// Messages rejected (by the plugin, or found to make it fail).
+    pub rejected: u64,
+    /// Plugin calls that failed (retried or split).
+    pub failures: u64,
+    /// Batches committed.
+    pub batches: u64,
+    /// Messages of the tenant's topic not yet committed by its group, last read.
+    pub lag: Option<u64>,
+    /// When the last batch was committed (seconds since the epoch).
+    pub last_batch_at: Option<f64>,
+    /// The last batch's mean time from a message's acceptance to its rows being durable, ms.
+    pub last_batch_latency_ms: Option<f64>,
+}
+
+/// Why an instance cannot go on now.
+pub(super) struct Pause(pub(super) String);
+
+/// How often the lag is read.
+const LAG_EVERY: Duration = Duration::from_secs(2);
+
+/// The instance's working state.
+pub(super) struct Task {
+    pub(super) ctx: Arc<StreamContext>,
+    pub(super) tenant: TenantId,
+    pub(super) id: String,
+    stop: CancellationToken,
+    status: Arc<Mutex<InstanceStatus>>,
+    consumer: Option<Box<dyn QueueConsumer>>,
+    /// The plugin instance, on the version it was opened on.
+    pub(super) plugin: Option<Instance>,
+    /// The generation whose tables were prepared in the store.
+    prepared: Option<u64>,
+    lag_read_at: Option<Instant>,
+}
+
+/// Runs an instance until `stop`.
+pub(super) async fn run(
+    ctx: Arc<StreamContext>,
+    tenant: TenantId,
+    id: String,
+    stop: CancellationToken,
+    status: Arc<Mutex<InstanceStatus>>,
+) {
+    let mut task = Task {
+        ctx,
+        tenant,
+        id,
+        stop,
+        status,
+        consumer: None,
+        plugin: None,
+        prepared: None,
+        lag_read_at: None,
+    };
+    task.run().await;
+}
+
+impl Task {
+    fn status(&self) -> std::sync::MutexGuard<'_, InstanceStatus> {
+        self.status.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    async fn run(&mut self) {
+        let mut pause = Duration::from_millis(100);
+        while !self.stop.is_cancelled() {
+            match self.step().await {
+                Ok(()) => pause = Duration::from_millis(100),
+                Err(Pause(reason)) => {
+                    {
+                        let mut status = self.status();
+                        if status.note.as_deref() != Some(reason.as_str()) {
+                            log::warn!("stream: tenant={} instance={} waits: {reason}", self.tenant, self.id);
+                        }
+                        status.state = super::InstanceState::Waiting;
+                        status.note = Some(reason);
+                    }
+                    tokio::select! {
+                        () = self.stop.cancelled() => {}
+                        () = tokio::time::sleep(pause) => {}
+                    }
+                    pause = (pause * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+        // Close the plugin instance and leave the group (its partitions go to the others).
+        self.plugin = None;
+        self.consumer = None;
+        let mut status = self.status();
+        status.state = InstanceState::Stopped;
+        status.partitions.clear();
+    }
+
+    /// One batch: poll, process, make durable, commit.
+    async fn step(&mut self) -> Result<(), Pause> {
+        let version = self
+            .ctx
+            .plugins
+            .stream_plugin(&self.tenant)
+            .map_err(|e| Pause(format!("no stream plugin to run: {e}")))?;
+        let (storage, store) = self.store().await?;
+        self.prepare(&version, &store).await?;
+        let messages = self.poll().await?;
+        self.read_lag().await;
+        {
+            let mut status = self.status();
+            status.state = InstanceState::Running;
+            status.note = None;
+            status.plugin_version = Some(version.plugin_version().to_string());
+            status.plugin_generation = Some(version.generation);
+        }
+        if messages.is_empty() {
+            return Ok(());
+        }
+        let mut up_to: BTreeMap<u32, u64> = BTreeMap::new();
+        let mut by_partition: BTreeMap<u32, Vec<QueuedMessage>> = BTreeMap::new();
+        let bytes: u64 = messages.iter().map(|m| m.payload.len() as u64).sum();
+        let count = messages.len() as u64;
+        let timestamps: Vec<i64> = messages.iter().map(|m| m.timestamp_ms).collect();
+        for message in messages {
+            let last = up_to.entry(message.partition).or_default();
+            *last = (*last).max(message.offset);
+            by_partition.entry(message.partition).or_default().push(message);
+        }
+        let mut written = Written::default();
+        let mut rejected_files = Vec::new();
+        let mut rejected = 0;
+        let mut failures = 0;
+        for (_, batch) in by_partition {
+            match recovery::ingest_partition(self, &version, &store, batch).await {
+                Ok(done) => {
+                    written.rows += done.written.rows;
+                    written.bytes += done.written.bytes;
+                    rejected += done.rejected;
+                    failures += done.failures;
+                    rejected_files.extend(done.rejected_file);
+                }
+                Err(pause) => {
+                    // Nothing of this poll is committed: its messages come again.
+                    self.consumer = None;
+                    return Err(pause);
+                }
+            }
+        }
+        if let Err(e) = ingest::commit(store.as_ref(), &self.ctx.usage, &storage).await {
+            self.consumer = None;
+            return Err(Pause(format!("storage could not make the rows durable: {e}")));
+        }
+        self.keep_rejects(rejected_files).await;
+        let offsets: Vec<(u32, u64)> = up_to.into_iter().collect();
+        if let Some(consumer) = self.consumer.as_mut()
+            && let Err(e) = consumer.commit(&offsets).await
+        {
+            // Stored but not committed: delivered again, and rewritten to the same keys.
+            log::warn!("stream: tenant={} instance={} commit failed: {e}", self.tenant, self.id);
+        }
+        let now_ms = (unix_now() * 1000.0) as i64;
+        let latency = timestamps.iter().map(|t| (now_ms - t).max(0) as f64).sum::<f64>() / timestamps.len() as f64;
+        let mut status = self.status();
+        status.messages += count;
+        status.bytes += bytes;
+        status.rows += written.rows;
+        status.rejected += rejected;
+        status.failures += failures;
+        status.batches += 1;
+        status.last_batch_at = Some(unix_now());
+        status.last_batch_latency_ms = Some(latency);
+        Ok(())
+    }
+
+    async fn store(&mut self) -> Result<(TenantStorage, Arc<dyn TenantStore>), Pause> {
+        let tenants = self.ctx.tenants.current();
+        let config = tenants
+            .get(&self.tenant)
+            .ok_or_else(|| Pause(format!("tenant {} is not configured", self.tenant)))?;
+        let storage = TenantStorage::of(&self.tenant, config);
+        let store = self
+            .ctx
+            .dms
+            .open_tenant(&storage)
+            .await
+            .map_err(|e| Pause(format!("storage unavailable: {e}")))?;
+        Ok((storage, store))
+    }
+
+    /// The version's tables exist in the store (once per version).
+    async fn prepare(&mut self, version: &PluginVersion, store: &Arc<dyn TenantStore>) -> Result<(), Pause> {
+        if self.prepared == Some(version.generation) {
+            return Ok(());
+        }
+        for table in &version.manifest.tables {
+            store
+                .ensure_table(table)
+                .await
+                .map_err(|e| Pause(format!("cannot prepare table {}: {e}", table.name)))?;
+        }
+        self.prepared = Some(version.generation);
+        Ok(())
+    }
+
+    /// A batch: at most `batch_messages`, gathered for at most `batch_wait_ms` after the first
+    /// poll began. A stop during the wait ends it with what has come.
+    async fn poll(&mut self) -> Result<Vec<QueuedMessage>, Pause> {
+        if self.consumer.is_none() {
+            let consumer = self
+                .ctx
+                .queue
+                .consumer(&self.tenant, GROUP)
+                .await
+                .map_err(|e| Pause(format!("the queue is unavailable: {e}")))?;
+            self.consumer = Some(consumer);
+        }
+        let consumer = self.consumer.as_mut().expect("just made");
+        let max = self.ctx.config.batch_messages.max(1);
+        let deadline = Instant::now() + self.ctx.config.batch_wait();
+        let mut messages = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let polled = tokio::select! {
+                () = self.stop.cancelled() => break,
+                polled = consumer.poll(max - messages.len(), left) => polled,
+            };
+            match polled {
+                Ok(batch) => {
+                    let got = batch.len();
+                    messages.extend(batch);
+                    if got == 0 || messages.len() >= max || Instant::now() >= deadline {
+                        break;
+                    }
+                }
+                Err(e) if messages.is_empty() => {
+                    self.consumer = None;
+                    return Err(Pause(format!("the queue is unavailable: {e}")));
+                }
+                Err(_) => break,
+            }
+        }
+        if let Some(consumer) = self.consumer.as_mut()
+            && let Ok(partitions) = consumer.assignment()
+        {
+            self.status().partitions = partitions;
+        }
+        Ok(messages)
+    }
+
+    async fn read_lag(&mut self) {
+        if self.lag_read_at.is_some_and(|at| at.elapsed() < LAG_EVERY) {
+            return;
+        }
+        self.lag_read_at = Some(Instant::now());
+        if let Some(consumer) = self.consumer.as_mut()
+            && let Ok(lag) = consumer.lag().await
+        {
+            self.status().lag = Some(lag);
+        }
+    }
+
+    /// Appends the batch's rejected messages to the tenant's log.
+    async fn keep_rejects(&mut self, files: Vec<std::path::PathBuf>) {
+        if files.is_empty() {
+            return;
+        }
+        let reports = Arc::clone(&self.ctx.reports);
+        let tenant = self.tenant.clone();
+        let kept = tokio::task::spawn_blocking(move || {
+            for file in files {
+                if let Err(e) = reports.record_stream_rejects(&tenant, &file) {
+                    log::error!("stream: tenant={tenant} cannot keep rejected messages: {e}");
+                }
+                let _ = std::fs::remove_file(file);
+            }
+        })
+        .await;
+        if let Err(e) = kept {
+            log::error!("stream: tenant={} cannot keep rejected messages: {e}", self.tenant);
+        }
+    }
+
+    /// The plugin instance on `version`: the one open if it runs on it, else a new one.
+    pub(super) async fn instance(&mut self, version: &Arc<PluginVersion>) -> Result<&Instance, String> {
+        let current = self
+            .plugin
+            .as_ref()
+            .is_some_and(|i| i.version().generation == version.generation);
+        if !current {
+            if let Some(old) = self.plugin.take() {
+                log::info!(
+                    "stream: tenant={} instance={} moves from plugin generation {} to {}",
+                    self.tenant,
+                    self.id,
+                    old.version().generation,
+                    version.generation
+                );
+            }
+            let opened = version
+                .open_instance(&format!("{}/{}", self.tenant, self.id), self.ctx.config.batch_rows)
+                .await
+                .map_err(|e| format!("the plugin did not open an instance: {}", e.message))?;
+            self.plugin = Some(opened);
+        }
+        Ok(self.plugin.as_ref().expect("just opened"))
+    }
+}
