@@ -73,6 +73,7 @@ pub fn wait_until(timeout: std::time::Duration, mut condition: impl FnMut() -> b
     }
 }
 pub mod platform;
+pub mod stream;
 
 /// A real service a test runs against.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -112,6 +113,64 @@ impl Service {
                 None
             }
         }
+    }
+}
+
+/// An outage of a real service: [`Service::stop`] stops it through `scripts/services.sh` (the
+/// script that started it) and dropping the outage starts it again and waits until it is ready,
+/// so a failing test does not leave the service down for the tests after it.
+#[must_use = "the service starts again when the outage is dropped"]
+pub struct Outage {
+    service: Service,
+    began: std::time::Instant,
+}
+
+impl Service {
+    fn script_name(self) -> &'static str {
+        match self {
+            Service::Cassandra => "cassandra",
+            Service::Kafka => "kafka",
+        }
+    }
+
+    fn run_script(self, command: &str) {
+        let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/services.sh");
+        let status = std::process::Command::new(script)
+            .args([command, self.script_name()])
+            .status()
+            .unwrap_or_else(|e| panic!("scripts/services.sh {command} {}: {e}", self.script_name()));
+        assert!(
+            status.success(),
+            "scripts/services.sh {command} {} failed: {status}",
+            self.script_name()
+        );
+    }
+
+    /// Stops the service (SIGTERM, as an operator or a crashing host would take it away) and
+    /// returns once its process is gone. Only for tests that own the service for their run:
+    /// the README's test command runs one test at a time.
+    pub fn stop(self) -> Outage {
+        self.run_script("stop");
+        Outage {
+            service: self,
+            began: std::time::Instant::now(),
+        }
+    }
+}
+
+impl Outage {
+    /// How long the service has been down.
+    pub fn elapsed(&self) -> std::time::Duration {
+        self.began.elapsed()
+    }
+
+    /// Starts the service again and waits until it is ready.
+    pub fn end(self) {}
+}
+
+impl Drop for Outage {
+    fn drop(&mut self) {
+        self.service.run_script("start");
     }
 }
 

@@ -99,6 +99,8 @@ pub struct TenantSpec {
     pub max_file_size: u64,
     /// `max_memory_size`.
     pub max_memory: u64,
+    /// Further keys of the entry (the stream limits, say).
+    pub extra: serde_json::Map<String, Value>,
 }
 
 impl TenantSpec {
@@ -110,7 +112,14 @@ impl TenantSpec {
             max_files: 20,
             max_file_size: 4 << 30,
             max_memory: 64 << 30,
+            extra: serde_json::Map::new(),
         }
+    }
+
+    /// The same tenant with one more key in its entry.
+    pub fn with(mut self, key: &str, value: impl Into<Value>) -> Self {
+        self.extra.insert(key.into(), value.into());
+        self
     }
 
     /// The tenant's token.
@@ -124,7 +133,7 @@ pub fn customer_information(tenants: &[TenantSpec]) -> String {
     let entries: Vec<Value> = tenants
         .iter()
         .map(|t| {
-            serde_json::json!({
+            let mut entry = serde_json::json!({
                 "file_type": t.file_types,
                 "max_files_number": t.max_files,
                 "max_file_size": t.max_file_size,
@@ -132,7 +141,9 @@ pub fn customer_information(tenants: &[TenantSpec]) -> String {
                 "cassandra_class": "SimpleStrategy",
                 "replication_factor": 1,
                 "api_token_sha256": mysimbdp::tenants::TokenDigest::of(&t.token()).to_hex(),
-            })
+            });
+            entry.as_object_mut().unwrap().extend(t.extra.clone());
+            entry
         })
         .collect();
     let map: serde_json::Map<String, Value> = tenants.iter().map(|t| t.name.clone()).zip(entries).collect();

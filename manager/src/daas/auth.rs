@@ -36,6 +36,24 @@ pub fn tenant(
     }
 }
 
+/// The tenant named in the URL, for a call its tenant or the operator may make: the admin token
+/// is told plainly when the tenant does not exist (404); anyone else gets [`tenant`]'s answer.
+pub fn tenant_or_admin(
+    tenants: &crate::tenants::Tenants,
+    admin: Option<&TokenDigest>,
+    headers: &HeaderMap,
+    name: &str,
+) -> Result<TenantId, ApiError> {
+    let is_admin = admin.is_some_and(|digest| bearer(headers).is_some_and(|token| digest.matches(token)));
+    if !is_admin {
+        return tenant(tenants, headers, name).map(|(id, _)| id);
+    }
+    tenants
+        .find(name)
+        .map(|(id, _)| id.clone())
+        .ok_or_else(|| ApiError::not_found(format!("no tenant {name:?} in customer_information.json")))
+}
+
 /// Checks the admin token.
 pub fn admin(admin: Option<&TokenDigest>, headers: &HeaderMap) -> Result<(), ApiError> {
     let Some(digest) = admin else {

@@ -25,6 +25,8 @@ pub enum Refusal {
     MethodNotAllowed,
     /// The client sent too slowly.
     TooSlow,
+    /// The body's content type is not one the endpoint reads.
+    UnsupportedMediaType,
     /// The request conflicts with the state (a table's schema, an instance limit).
     Conflict,
     /// A file or message over its size limit.
@@ -55,6 +57,7 @@ impl Refusal {
             Refusal::NotFound => StatusCode::NOT_FOUND,
             Refusal::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Refusal::TooSlow => StatusCode::REQUEST_TIMEOUT,
+            Refusal::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Refusal::Conflict => StatusCode::CONFLICT,
             Refusal::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Refusal::UriTooLong => StatusCode::URI_TOO_LONG,
@@ -75,6 +78,7 @@ impl Refusal {
             Refusal::NotFound => "not_found",
             Refusal::MethodNotAllowed => "method",
             Refusal::TooSlow => "too_slow",
+            Refusal::UnsupportedMediaType => "media_type",
             Refusal::Conflict => "conflict",
             Refusal::TooLarge => "too_large",
             Refusal::UriTooLong => "uri_too_long",

@@ -60,10 +60,10 @@ pub(super) async fn post(
     let format = match request
         .headers()
         .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
+        .map(|v| v.to_str().unwrap_or_default())
     {
-        Some(t) if t.starts_with("application/x-ndjson") || t.starts_with("application/jsonl") => Format::Lines,
-        _ => Format::Json,
+        None => Format::Json,
+        Some(t) => Format::of(t)?,
     };
     let mut body = request.into_body();
     let mut parser = Parser::new(format, limits);
@@ -115,6 +115,23 @@ enum Format {
     Json,
     /// One message per line.
     Lines,
+}
+
+impl Format {
+    /// The format of a `Content-Type` (its media type, parameters aside).
+    fn of(content_type: &str) -> Result<Format, ApiError> {
+        let media = content_type.split(';').next().unwrap_or_default().trim();
+        match media.to_ascii_lowercase().as_str() {
+            "application/json" => Ok(Format::Json),
+            "application/x-ndjson" | "application/jsonl" | "application/jsonlines" => Ok(Format::Lines),
+            _ => Err(ApiError::new(
+                Refusal::UnsupportedMediaType,
+                format!(
+                    "messages are sent as application/json (an object or an array) or application/x-ndjson, not {content_type:?}"
+                ),
+            )),
+        }
+    }
 }
 
 /// Where the JSON parser is.
@@ -253,8 +270,9 @@ impl Parser {
             return Err(ApiError::new(
                 Refusal::TooLarge,
                 format!(
-                    "a message (from byte {}) is larger than the maximum allowed size of {} bytes",
-                    self.current_at, self.limits.max_message_bytes
+                    "{}: a message is larger than the maximum allowed size of {} bytes (max_message_bytes)",
+                    self.position().describe(self.current_at),
+                    self.limits.max_message_bytes
                 ),
             ));
         }
@@ -291,6 +309,15 @@ impl Parser {
         self.escaped = false;
         self.depth = 0;
         Ok(())
+    }
+
+    /// Where the message being read is.
+    fn position(&self) -> Position {
+        match self.stage {
+            Stage::Lines => Position::Line(self.line),
+            Stage::Element | Stage::Between => Position::Element(self.messages.len() as u64 + 1, self.current_at),
+            _ => Position::Body,
+        }
     }
 
     fn malformed(&self, what: &str) -> ApiError {

@@ -1,5 +1,5 @@
-//! The stream endpoints: a tenant's instances (listed by the tenant, started and stopped by
-//! the operator) and its rejected messages.
+//! The stream endpoints: a tenant's instances (listed by the tenant or the operator, started
+//! and stopped by the operator) and its rejected messages (read by either).
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -42,7 +42,7 @@ pub(super) fn list(
     path: &PathParams,
 ) -> Result<Response<Full<Bytes>>, ApiError> {
     let tenants = state.tenants.current();
-    let (tenant, _) = auth::tenant(&tenants, request.headers(), &path.tenant)?;
+    let tenant = auth::tenant_or_admin(&tenants, state.admin_token.as_ref(), request.headers(), &path.tenant)?;
     Ok(json_of(
         StatusCode::OK,
         &Instances {
@@ -54,11 +54,12 @@ pub(super) fn list(
 /// The tenant an operator's call is about.
 fn admin_tenant(state: &ApiState, request: &Request<Incoming>, path: &PathParams) -> Result<TenantId, ApiError> {
     auth::admin(state.admin_token.as_ref(), request.headers())?;
-    let tenants = state.tenants.current();
-    tenants
-        .find(&path.tenant)
-        .map(|(id, _)| id.clone())
-        .ok_or_else(|| ApiError::not_found(format!("no tenant {:?} in customer_information.json", path.tenant)))
+    auth::tenant_or_admin(
+        &state.tenants.current(),
+        state.admin_token.as_ref(),
+        request.headers(),
+        &path.tenant,
+    )
 }
 
 /// `POST /v1/tenants/{t}/stream/instances` (admin).
@@ -93,7 +94,7 @@ pub(super) async fn rejected(
     path: &PathParams,
 ) -> Result<Response<Full<Bytes>>, ApiError> {
     let tenants = state.tenants.current();
-    let (tenant, _) = auth::tenant(&tenants, request.headers(), &path.tenant)?;
+    let tenant = auth::tenant_or_admin(&tenants, state.admin_token.as_ref(), request.headers(), &path.tenant)?;
     let params = query(request);
     let limit = limit_param(&params, 100, 1000)?;
     let page = params.get("page").cloned();

@@ -19,8 +19,8 @@
 //!   with `queued.max.messages.kbytes`, `queued.min.messages` and `fetch.max.bytes`.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -42,11 +42,56 @@ use crate::tenants::TenantId;
 /// and the producer's `message.max.bytes`.
 const FRAMING_BYTES: usize = 64 << 10;
 
+/// The producer's client context: it notes when librdkafka reports every broker down, so
+/// produce calls fail fast (503 in the message API) instead of waiting out the message timeout
+/// while the brokers are gone.
+#[derive(Clone, Default)]
+pub struct BrokerWatch {
+    /// Milliseconds since the epoch when every broker was last reported down; 0 once a delivery
+    /// succeeded since. Shared with the queue (librdkafka keeps the context to itself).
+    down_since_ms: Arc<AtomicI64>,
+}
+
+impl rdkafka::client::ClientContext for BrokerWatch {
+    fn error(&self, error: KafkaError, reason: &str) {
+        if error.rdkafka_error_code() == Some(RDKafkaErrorCode::AllBrokersDown) {
+            if self.down_since_ms.swap(super::now_ms(), Ordering::Relaxed) == 0 {
+                log::warn!("kafka queue: every broker is down ({reason}); produce calls fail fast until one answers");
+            }
+        } else {
+            log::warn!("kafka queue: {error}: {reason}");
+        }
+    }
+}
+
+impl BrokerWatch {
+    /// How long every broker has been down; zero while one answers.
+    fn down_for(&self) -> Duration {
+        match self.down_since_ms.load(Ordering::Relaxed) {
+            0 => Duration::ZERO,
+            since => Duration::from_millis(super::now_ms().saturating_sub(since).max(0) as u64),
+        }
+    }
+
+    fn delivered(&self) {
+        if self.down_since_ms.swap(0, Ordering::Relaxed) != 0 {
+            log::info!("kafka queue: the brokers answer again");
+        }
+    }
+}
+
+/// The queue's producer (also used for metadata and watermark queries).
+pub type KafkaProducer = FutureProducer<BrokerWatch>;
+
+/// How long a produce call waits for its acknowledgements while every broker is down.
+const DOWN_WAIT: Duration = Duration::from_secs(2);
+
 /// The Kafka backend.
 pub struct KafkaQueue {
     config: KafkaQueueConfig,
     max_message_bytes: usize,
-    producer: FutureProducer,
+    producer: KafkaProducer,
+    brokers: BrokerWatch,
     admin: AdminClient<DefaultClientContext>,
     /// Topics known to exist, with their partition count.
     topics: Mutex<HashMap<TenantId, u32>>,
@@ -59,7 +104,8 @@ impl KafkaQueue {
     pub async fn connect(config: &QueueConfig) -> Result<Self, QueueError> {
         let kafka = config.kafka.clone();
         let message_max_bytes = (config.max_message_bytes + FRAMING_BYTES).to_string();
-        let producer: FutureProducer = client_config(
+        let brokers = BrokerWatch::default();
+        let producer: KafkaProducer = client_config(
             &kafka,
             &[
                 ("enable.idempotence", "true"),
@@ -74,21 +120,22 @@ impl KafkaQueue {
                 ("allow.auto.create.topics", "false"),
             ],
         )
-        .create()
+        .create_with_context(brokers.clone())
         .map_err(|e| kafka_error("creating the producer", e))?;
         let admin: AdminClient<DefaultClientContext> = client_config(&kafka, &[])
             .create()
             .map_err(|e| kafka_error("creating the admin client", e))?;
         let probe = producer.clone();
         let timeout = Duration::from_millis(kafka.request_timeout_ms);
-        let brokers = tokio::task::spawn_blocking(move || probe.client().fetch_metadata(None, timeout))
+        let broker_count = tokio::task::spawn_blocking(move || probe.client().fetch_metadata(None, timeout))
             .await
             .map_err(|e| internal(format!("checking the brokers failed: {e}")))?
             .map_err(|e| kafka_error(&format!("reaching {}", kafka.brokers), e))?
             .brokers()
             .len();
-        log::info!("kafka queue: connected to {} brokers={brokers}", kafka.brokers);
+        log::info!("kafka queue: connected to {} brokers={broker_count}", kafka.brokers);
         Ok(KafkaQueue {
+            brokers,
             config: kafka,
             max_message_bytes: config.max_message_bytes,
             producer,
@@ -225,7 +272,24 @@ impl Queue for KafkaQueue {
                 }
             }
         }
-        let results = futures_util::future::join_all(deliveries).await;
+        // Once every broker has been down for DOWN_WAIT, stop waiting: the client learns at once
+        // and tries again, instead of waiting out the message timeout.
+        let watch = &self.brokers;
+        let mut all = std::pin::pin!(futures_util::future::join_all(deliveries));
+        let results = loop {
+            match tokio::time::timeout(Duration::from_millis(200), &mut all).await {
+                Ok(results) => break results,
+                Err(_) if watch.down_for() >= DOWN_WAIT => {
+                    return Err(QueueError::new(
+                        QueueErrorKind::Unavailable,
+                        format!(
+                            "kafka queue: tenant {tenant}: every broker is down (some messages may still be delivered)"
+                        ),
+                    ));
+                }
+                Err(_) => {}
+            }
+        };
         for result in results {
             match result {
                 Ok(Ok(_)) => {}
@@ -238,6 +302,7 @@ impl Queue for KafkaQueue {
                 }
             }
         }
+        watch.delivered();
         Ok(Produced {
             messages: messages.len() as u64,
             bytes,

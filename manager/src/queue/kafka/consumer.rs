@@ -9,7 +9,7 @@ use futures_util::StreamExt;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
-use rdkafka::producer::{FutureProducer, Producer};
+use rdkafka::producer::Producer;
 use rdkafka::{Offset, TopicPartitionList};
 
 use super::{client_config, internal, kafka_error, kind_of};
@@ -21,7 +21,7 @@ pub struct KafkaConsumer {
     consumer: Option<Arc<StreamConsumer>>,
     /// The queue's producer, whose connections answer metadata and watermark queries at once
     /// (the consumer's own connection to a leader is often busy with a long-poll fetch).
-    producer: FutureProducer,
+    producer: super::KafkaProducer,
     topic: String,
     group_id: String,
     request_timeout: Duration,
@@ -31,7 +31,7 @@ impl KafkaConsumer {
     /// Creates a consumer of group `group_id` and subscribes it to `topic`.
     pub(super) fn subscribe(
         kafka: &KafkaQueueConfig,
-        producer: FutureProducer,
+        producer: super::KafkaProducer,
         topic: String,
         group_id: String,
     ) -> Result<Self, QueueError> {
