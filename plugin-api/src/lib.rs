@@ -118,20 +118,50 @@
 //!
 //! ## A stream plugin
 //!
-//! Implement [`StreamIngestApp`] and `export_plugin!(stream: MyApp)`. The platform runs
-//! **instances** of it, each consuming the tenant's topic in the tenant's consumer group (more
-//! instances share the partitions). The black-box model an instance follows:
+//! Implement [`StreamIngestApp`] and `export_plugin!(stream: MyApp)`. Clients post messages
+//! (`POST /v1/tenants/{t}/messages`: a JSON object, an array, or NDJSON); each message is
+//! one JSON value, acknowledged only once the queue holds it durably. The platform runs
+//! **instances** of the plugin, each consuming the tenant's topic in the tenant's consumer
+//! group, so several instances share the topic's partitions.
 //!
-//! 1. [`StreamIngestApp::open`] once per instance, on a thread of its own; keep per-instance
-//!    state in `self`, never in globals (several instances run in one process).
-//! 2. [`StreamIngestApp::process`] with a bounded batch of messages (at most N messages or T
-//!    milliseconds, from the platform config), in topic order within a partition. Push rows
-//!    and reject malformed messages (position = the message offset).
-//! 3. The platform stores the rows, then commits the batch's offsets. If `process` returns an
-//!    error or panics, nothing of the batch is committed: the instance is re-opened and the
-//!    batch is delivered again (at-least-once), so rows must be keyed by the data.
-//! 4. The instance is dropped when it is stopped, scaled in, or moved to a new version of the
-//!    plugin.
+//! ### Life cycle of an instance
+//!
+//! 1. **Open.** [`StreamIngestApp::open`] once per instance, before its first batch; keep
+//!    per-instance state in `self`, never in globals (several instances of several tenants
+//!    run in one process). An error from `open` pauses the instance and it tries again later.
+//! 2. **Process.** [`StreamIngestApp::process`] with one batch: the messages of *one
+//!    partition*, in offset order, at most `batch_messages` of them (platform config, default
+//!    1,000) gathered for at most `batch_wait_ms` (default 50 ms). Calls to one value never
+//!    overlap. Push rows with [`Output::push_row`] and reject a message the plugin cannot use
+//!    with [`Output::reject`] (position = [`Message::offset`]): it goes to the tenant's
+//!    rejected log with its partition, offset, reason and payload
+//!    (`GET /v1/tenants/{t}/stream/rejected`), and the batch goes on.
+//! 3. **Commit.** The platform writes the batch's rows, makes them durable, and only then
+//!    commits the batch's offsets. Nothing is committed for a batch that did not succeed.
+//! 4. **Close.** The value is dropped when the instance is stopped (the batch in hand is
+//!    finished and committed first), when the platform shuts down, when the tenant is removed,
+//!    or at a batch boundary when a new version of the plugin replaces this one (the next
+//!    batch goes to a value opened on the new version). A value is also dropped and a new one
+//!    opened after it panicked.
+//!
+//! ### Redelivery: at least once, so key rows by the data
+//!
+//! A message is delivered again when its batch was not committed: the platform was killed,
+//! storage or the queue failed mid-batch, an instance did not stop in time, or `process`
+//! failed. The rows it produced may already be written, so the same message must give the
+//! same rows with the same keys (a pure function of the message, no counters or clocks in
+//! key columns): then a redelivered message rewrites its rows and each is stored once.
+//!
+//! ### Poison messages fail only themselves
+//!
+//! If `process` returns an error or panics, the batch is tried again with backoff (on a new
+//! value after a panic). If it keeps failing, the platform splits it in halves, and each half
+//! that fails again, until it finds the messages `process` fails on: those go to the rejected
+//! log with the error (or the panic's message) and every other message is stored, so the
+//! partition never stalls behind one bad message. So `process` must not depend on which
+//! messages share its batch. The version is quarantined only when it fails on every message
+//! it is given; a plugin should still prefer [`Output::reject`] for a bad message, which
+//! costs nothing, over an error, which costs a split.
 //!
 //! ## The plugin specification
 //!
@@ -206,11 +236,12 @@ pub trait StreamIngestApp: Sized {
     /// The tables the plugin writes, in the order [`TableId`]s refer to them.
     fn tables() -> Vec<TableSpec>;
 
-    /// Opens an instance.
+    /// Opens an instance (once, before its first batch; see the crate docs for the life cycle).
     fn open(info: &StreamInfo) -> Result<Self, PluginError>;
 
-    /// Turns one batch of messages into rows. An `Err` (or a panic) fails the whole batch,
-    /// which is delivered again to a re-opened instance.
+    /// Turns one batch of one partition's messages, in offset order, into rows. An `Err` (or
+    /// a panic) fails the whole batch: it is tried again, then split until the messages that
+    /// fail are found and rejected (see the crate docs: poison messages).
     fn process(&mut self, messages: &[Message<'_>], output: &mut Output) -> Result<(), PluginError>;
 }
 
