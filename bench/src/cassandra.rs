@@ -18,8 +18,8 @@ use scylla::client::session_builder::SessionBuilder;
 use scylla::statement::Consistency;
 use scylla::statement::batch::{Batch, BatchStatement, BatchType};
 
-use crate::rows::DataSet;
 use crate::{Measure, ShapeArg};
+use mysimbdp_bench::rows::DataSet;
 
 const ROWS_PER_BATCH: usize = 50;
 
@@ -162,7 +162,7 @@ impl Baseline {
             rows,
             bytes,
             seconds,
-            cpu: crate::cpu::CpuUse::default(),
+            cpu: mysimbdp_bench::cpu::CpuUse::default(),
         })
     }
 }

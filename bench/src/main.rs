@@ -14,9 +14,6 @@
 //! ```
 
 mod cassandra;
-mod cpu;
-mod embedded;
-mod rows;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -24,6 +21,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use clap::{Parser, ValueEnum};
 use datagen::{Shape, Spec};
+use mysimbdp_bench::{cpu, embedded, rows};
 use mysimbdp_tests::platform::{Backend, Platform, TenantSpec};
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -82,3 +82,23 @@ pub fn client2_txt(path: &Path) -> anyhow::Result<DataSet> {
         values,
     })
 }
+
+/// client1 JSON messages → `readings` rows (what client1's stream plugin stores).
+pub fn client1_messages(messages: &[Vec<u8>]) -> anyhow::Result<DataSet> {
+    let table = schema(client1_readings::readings_table())?;
+    let mut values = Vec::new();
+    let mut bytes = 0;
+    for message in messages {
+        bytes += message.len() as u64;
+        let value: serde_json::Value = serde_json::from_slice(message)?;
+        let row = client1_readings::reading_from_json(&value)
+            .and_then(|r| r.into_row())
+            .map_err(anyhow::Error::msg)?;
+        values.extend(row.iter().map(mysimbdp::plugin_host::rows::host_value));
+    }
+    Ok(DataSet {
+        file_bytes: bytes,
+        table,
+        values,
+    })
+}

@@ -130,8 +130,9 @@
 //!    per-instance state in `self`, never in globals (several instances of several tenants
 //!    run in one process). An error from `open` pauses the instance and it tries again later.
 //! 2. **Process.** [`StreamIngestApp::process`] with one batch: the messages of *one
-//!    partition*, in offset order, at most `batch_messages` of them (platform config, default
-//!    1,000) gathered for at most `batch_wait_ms` (default 50 ms). Calls to one value never
+//!    partition*, in offset order: a poll takes at most `batch_messages` (platform config,
+//!    default 5,000) gathered for at most `batch_wait_ms` (default 50 ms), and is split by
+//!    partition. Calls to one value never
 //!    overlap. Push rows with [`Output::push_row`] and reject a message the plugin cannot use
 //!    with [`Output::reject`] (position = [`Message::offset`]): it goes to the tenant's
 //!    rejected log with its partition, offset, reason and payload

@@ -34,49 +34,103 @@ pub struct Drained {
 /// hands rejected records to `rejects`. A storage error stops the plugin (its next hand-over
 /// fails) and is returned with what was written before it.
 pub async fn drain(
-    mut stream: BatchStream,
+    stream: BatchStream,
     store: &Arc<dyn TenantStore>,
     writes_in_flight: usize,
     rejects: &mut impl RejectSink,
 ) -> Drained {
-    let mut written = Written::default();
-    let mut store_error = None;
-    let mut writes = FuturesUnordered::new();
-    let mut absorb = |result: Result<Written, StoreError>, store_error: &mut Option<StoreError>| match result {
-        Ok(w) => {
-            written.rows += w.rows;
-            written.bytes += w.bytes;
-        }
-        Err(e) => {
-            store_error.get_or_insert(e);
-        }
-    };
+    let mut writes = Writes::new(writes_in_flight);
+    let plugin = feed(stream, store, &mut writes, rejects).await;
+    let (written, store_error) = writes.settle().await;
+    Drained {
+        written,
+        store_error,
+        plugin,
+    }
+}
+
+/// Hands every batch of `stream` to `writes` and its rejected records to `rejects`, and
+/// returns once the plugin call has ended: its last writes may still be in flight, so the
+/// next call can run while they finish. A storage error stops the plugin.
+pub async fn feed(
+    mut stream: BatchStream,
+    store: &Arc<dyn TenantStore>,
+    writes: &mut Writes,
+    rejects: &mut impl RejectSink,
+) -> CallOutcome {
     while let Some(batch) = stream.next().await {
         rejects.add(batch.rejected).await;
         if batch.rows.is_empty() {
             continue;
         }
-        while writes.len() >= writes_in_flight.max(1) {
-            if let Some(result) = writes.next().await {
-                absorb(result, &mut store_error);
-            }
-        }
-        if store_error.is_some() {
+        if !writes.push(store, batch.rows).await {
             break;
         }
-        let store = Arc::clone(store);
-        writes.push(async move { store.write(batch.rows).await });
     }
-    // A storage error stops the plugin; then what is in flight settles.
     stream.stop();
-    while let Some(result) = writes.next().await {
-        absorb(result, &mut store_error);
+    stream.outcome().await
+}
+
+type Write = futures_util::future::BoxFuture<'static, Result<Written, StoreError>>;
+
+/// Writes in flight to a tenant's store, at most a limit at once, and what they came to.
+pub struct Writes {
+    in_flight: FuturesUnordered<Write>,
+    limit: usize,
+    written: Written,
+    error: Option<StoreError>,
+}
+
+impl Writes {
+    /// No write yet; at most `limit` in flight.
+    pub fn new(limit: usize) -> Self {
+        Writes {
+            in_flight: FuturesUnordered::new(),
+            limit: limit.max(1),
+            written: Written::default(),
+            error: None,
+        }
     }
-    let plugin = stream.outcome().await;
-    Drained {
-        written,
-        store_error,
-        plugin,
+
+    /// Starts writing `rows`, once there is room. Returns `false` (and writes nothing) once a
+    /// write has failed.
+    pub async fn push(&mut self, store: &Arc<dyn TenantStore>, rows: crate::coredms::Rows) -> bool {
+        while self.in_flight.len() >= self.limit {
+            if let Some(result) = self.in_flight.next().await {
+                self.absorb(result);
+            }
+        }
+        if self.error.is_some() {
+            return false;
+        }
+        let store = Arc::clone(store);
+        self.in_flight.push(Box::pin(async move { store.write(rows).await }));
+        true
+    }
+
+    /// The first storage error so far, if any.
+    pub fn failed(&self) -> Option<&StoreError> {
+        self.error.as_ref()
+    }
+
+    /// Waits for every write in flight: the rows and bytes written, and the first error.
+    pub async fn settle(mut self) -> (Written, Option<StoreError>) {
+        while let Some(result) = self.in_flight.next().await {
+            self.absorb(result);
+        }
+        (self.written, self.error)
+    }
+
+    fn absorb(&mut self, result: Result<Written, StoreError>) {
+        match result {
+            Ok(w) => {
+                self.written.rows += w.rows;
+                self.written.bytes += w.bytes;
+            }
+            Err(e) => {
+                self.error.get_or_insert(e);
+            }
+        }
     }
 }
 

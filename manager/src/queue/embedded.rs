@@ -47,9 +47,15 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 pub use self::consumer::EmbeddedConsumer;
 use self::groups::Groups;
-use self::writer::{Request, SCHEMA, Writer, internal, load_topics, sqlite_error};
+pub use self::writer::SCHEMA;
+use self::writer::{Request, Writer, internal, load_topics, sqlite_error};
 use super::{Produced, Queue, QueueConfig, QueueConsumer, QueueError, QueueErrorKind, check_group, check_sizes};
 use crate::tenants::TenantId;
+
+/// The pragmas of the queue's connections, after `journal_mode = WAL`: every commit syncs the
+/// WAL (an acknowledgement is durable).
+pub const CONNECTION_PRAGMAS: &str =
+    "PRAGMA synchronous = FULL; PRAGMA busy_timeout = 10000; PRAGMA cache_size = -32768;";
 
 /// The queue database's file name in the data folder.
 pub const DATABASE_FILE: &str = "queue.sqlite";
@@ -141,9 +147,7 @@ impl EmbeddedQueue {
         if !mode.eq_ignore_ascii_case("wal") {
             return Err(internal(format!("{} refused WAL mode (got {mode})", path.display())));
         }
-        connection
-            .execute_batch("PRAGMA synchronous = FULL; PRAGMA busy_timeout = 10000; PRAGMA cache_size = -32768;")
-            .map_err(opening)?;
+        connection.execute_batch(CONNECTION_PRAGMAS).map_err(opening)?;
         // FULL (2): every commit syncs the WAL, which is what makes an acknowledgement durable.
         let synchronous: i64 = connection
             .pragma_query_value(None, "synchronous", |r| r.get(0))

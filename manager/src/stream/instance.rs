@@ -1,8 +1,10 @@
 //! One stream instance's task: poll a batch from the tenant's topic (at most `batch_messages`,
 //! waiting at most `batch_wait_ms`), hand each partition's messages to the tenant's plugin,
 //! write the rows, make them durable, keep the rejected messages, and only then commit the
-//! offsets. A stop is seen between batches, so the batch in hand is always stored and
-//! committed first. A new plugin version is picked up at a batch boundary.
+//! offsets. One batch's durability barrier runs while the next is processed, and a partition's
+//! last writes finish while the plugin works on the next partition. A stop is seen between
+//! batches, so the batch in hand is always stored and committed first. A new plugin version is
+//! picked up at a batch boundary.
 //!
 //! Anything that cannot go on now (no plugin, storage or the queue unreachable) pauses the
 //! instance with a backoff; what was polled and not committed is delivered again (the consumer
@@ -91,6 +93,22 @@ pub(super) struct Task {
     /// The generation whose tables were prepared in the store.
     prepared: Option<u64>,
     lag_read_at: Option<Instant>,
+    /// The batch written and being made durable while the next one is processed.
+    pending: Option<Uncommitted>,
+}
+
+/// A batch whose rows are written, on its way to durable, with its offsets not yet committed.
+struct Uncommitted {
+    /// The durability barrier (and usage measurement) running in the background.
+    durable: tokio::task::JoinHandle<Result<(), crate::coredms::StoreError>>,
+    offsets: Vec<(u32, u64)>,
+    rejected_files: Vec<std::path::PathBuf>,
+    messages: u64,
+    bytes: u64,
+    written: Written,
+    rejected: u64,
+    failures: u64,
+    timestamps: Vec<i64>,
 }
 
 /// Runs an instance until `stop`.
@@ -111,6 +129,7 @@ pub(super) async fn run(
         plugin: None,
         prepared: None,
         lag_read_at: None,
+        pending: None,
     };
     task.run().await;
 }
@@ -142,6 +161,14 @@ impl Task {
                 }
             }
         }
+        // The last batch is stored and committed before the instance goes.
+        if let Err(Pause(reason)) = self.settle().await {
+            log::warn!(
+                "stream: tenant={} instance={} stopping: {reason}; its last batch is delivered again",
+                self.tenant,
+                self.id
+            );
+        }
         // Close the plugin instance and leave the group (its partitions go to the others).
         self.plugin = None;
         self.consumer = None;
@@ -150,7 +177,10 @@ impl Task {
         status.partitions.clear();
     }
 
-    /// One batch: poll, process, make durable, commit.
+    /// One batch: poll, process and write it; then the previous batch, made durable in the
+    /// meantime, has its offsets committed. So the barrier of one batch overlaps the plugin and
+    /// the writes of the next, and a batch's offsets are still committed only once its rows are
+    /// durable, in order.
     async fn step(&mut self) -> Result<(), Pause> {
         let version = self
             .ctx
@@ -169,7 +199,7 @@ impl Task {
             status.plugin_generation = Some(version.generation);
         }
         if messages.is_empty() {
-            return Ok(());
+            return self.settle().await;
         }
         let mut up_to: BTreeMap<u32, u64> = BTreeMap::new();
         let mut by_partition: BTreeMap<u32, Vec<QueuedMessage>> = BTreeMap::new();
@@ -181,46 +211,80 @@ impl Task {
             *last = (*last).max(message.offset);
             by_partition.entry(message.partition).or_default().push(message);
         }
-        let mut written = Written::default();
+        let mut writes = ingest::Writes::new(self.ctx.config.writes_in_flight);
         let mut rejected_files = Vec::new();
         let mut rejected = 0;
         let mut failures = 0;
         for (_, batch) in by_partition {
-            match recovery::ingest_partition(self, &version, &store, batch).await {
+            match recovery::ingest_partition(self, &version, &store, &mut writes, batch).await {
                 Ok(done) => {
-                    written.rows += done.written.rows;
-                    written.bytes += done.written.bytes;
                     rejected += done.rejected;
                     failures += done.failures;
                     rejected_files.extend(done.rejected_file);
                 }
                 Err(pause) => {
-                    // Nothing of this poll is committed: its messages come again.
+                    // Nothing of this poll (nor of the one before, not yet committed) is
+                    // committed: their messages come again.
+                    self.pending = None;
                     self.consumer = None;
                     return Err(pause);
                 }
             }
         }
-        if let Err(e) = ingest::commit(store.as_ref(), &self.ctx.usage, &storage).await {
+        let (written, store_error) = writes.settle().await;
+        if let Some(e) = store_error {
+            self.pending = None;
+            self.consumer = None;
+            return Err(Pause(format!("storage failed: {e}")));
+        }
+        let usage = Arc::clone(&self.ctx.usage);
+        let durable = tokio::spawn(async move { ingest::commit(store.as_ref(), &usage, &storage).await });
+        self.settle().await?;
+        self.pending = Some(Uncommitted {
+            durable,
+            offsets: up_to.into_iter().collect(),
+            rejected_files,
+            messages: count,
+            bytes,
+            written,
+            rejected,
+            failures,
+            timestamps,
+        });
+        Ok(())
+    }
+
+    /// Waits until the pending batch is durable, keeps its rejected messages, and commits its
+    /// offsets.
+    async fn settle(&mut self) -> Result<(), Pause> {
+        let Some(batch) = self.pending.take() else {
+            return Ok(());
+        };
+        let durable = match batch.durable.await {
+            Ok(result) => result.map_err(|e| e.to_string()),
+            Err(e) => Err(format!("the barrier task failed: {e}")),
+        };
+        if let Err(e) = durable {
             self.consumer = None;
             return Err(Pause(format!("storage could not make the rows durable: {e}")));
         }
-        self.keep_rejects(rejected_files).await;
-        let offsets: Vec<(u32, u64)> = up_to.into_iter().collect();
+        self.keep_rejects(batch.rejected_files).await;
         if let Some(consumer) = self.consumer.as_mut()
-            && let Err(e) = consumer.commit(&offsets).await
+            && let Err(e) = consumer.commit(&batch.offsets).await
         {
             // Stored but not committed: delivered again, and rewritten to the same keys.
             log::warn!("stream: tenant={} instance={} commit failed: {e}", self.tenant, self.id);
         }
         let now_ms = (unix_now() * 1000.0) as i64;
-        let latency = timestamps.iter().map(|t| (now_ms - t).max(0) as f64).sum::<f64>() / timestamps.len() as f64;
+        let timestamps = &batch.timestamps;
+        let latency =
+            timestamps.iter().map(|t| (now_ms - t).max(0) as f64).sum::<f64>() / timestamps.len().max(1) as f64;
         let mut status = self.status();
-        status.messages += count;
-        status.bytes += bytes;
-        status.rows += written.rows;
-        status.rejected += rejected;
-        status.failures += failures;
+        status.messages += batch.messages;
+        status.bytes += batch.bytes;
+        status.rows += batch.written.rows;
+        status.rejected += batch.rejected;
+        status.failures += batch.failures;
         status.batches += 1;
         status.last_batch_at = Some(unix_now());
         status.last_batch_latency_ms = Some(latency);

@@ -72,7 +72,7 @@ pub struct StreamConfig {
 impl Default for StreamConfig {
     fn default() -> Self {
         StreamConfig {
-            batch_messages: 1000,
+            batch_messages: 5000,
             batch_wait_ms: 50,
             channel_batches: 4,
             writes_in_flight: 4,

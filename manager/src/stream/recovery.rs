@@ -15,8 +15,8 @@ use std::time::Duration;
 use futures_util::future::BoxFuture;
 
 use super::instance::{Pause, Task};
-use crate::coredms::{TenantStore, Written};
-use crate::ingest::{self, Rejects};
+use crate::coredms::TenantStore;
+use crate::ingest::{self, Rejects, Writes};
 use crate::plugin_host::rows::RejectedRecord;
 use crate::plugin_host::{CallError, CallErrorKind, PluginVersion, StreamMessage};
 use crate::queue::QueuedMessage;
@@ -24,8 +24,6 @@ use crate::source::Source;
 
 /// What a partition's batch came to.
 pub(super) struct Ingested {
-    /// Rows written.
-    pub written: Written,
     /// Messages rejected.
     pub rejected: u64,
     /// Plugin calls that failed on the way.
@@ -47,8 +45,10 @@ struct Partition<'a> {
     task: &'a mut Task,
     version: &'a Arc<PluginVersion>,
     store: &'a Arc<dyn TenantStore>,
+    /// The poll's writes, shared by its partitions: one partition's last writes finish while
+    /// the plugin works on the next.
+    writes: &'a mut Writes,
     rejects: Rejects,
-    written: Written,
     failures: u64,
     last_error: Option<CallError>,
 }
@@ -58,11 +58,11 @@ pub(super) async fn ingest_partition(
     task: &mut Task,
     version: &Arc<PluginVersion>,
     store: &Arc<dyn TenantStore>,
+    writes: &mut Writes,
     messages: Vec<QueuedMessage>,
 ) -> Result<Ingested, Pause> {
     let (Some(first), Some(last)) = (messages.first().cloned(), messages.last().cloned()) else {
         return Ok(Ingested {
-            written: Written::default(),
             rejected: 0,
             failures: 0,
             rejected_file: None,
@@ -86,8 +86,8 @@ pub(super) async fn ingest_partition(
         task,
         version,
         store,
+        writes,
         rejects,
-        written: Written::default(),
         failures: 0,
         last_error: None,
     };
@@ -136,7 +136,6 @@ pub(super) async fn ingest_partition(
     let rejected = partition.rejects.total();
     let (file, _kept, _total) = partition.rejects.close().await;
     Ok(Ingested {
-        written: partition.written,
         rejected,
         failures: partition.failures,
         rejected_file: file,
@@ -157,13 +156,11 @@ impl Partition<'_> {
             .process(messages.to_vec(), config.channel_batches, ctx.cancel.clone())
             .map_err(|e| Failure::Pause(Pause(format!("the plugin instance is closed: {e}"))))?;
         let mut held: Vec<RejectedRecord> = Vec::new();
-        let drained = ingest::drain(stream, self.store, config.writes_in_flight, &mut held).await;
-        self.written.rows += drained.written.rows;
-        self.written.bytes += drained.written.bytes;
-        if let Some(e) = drained.store_error {
+        let outcome = ingest::feed(stream, self.store, self.writes, &mut held).await;
+        if let Some(e) = self.writes.failed() {
             return Err(Failure::Pause(Pause(format!("storage failed: {e}"))));
         }
-        match drained.plugin.result {
+        match outcome.result {
             Ok(()) => {
                 self.rejects.add(held).await;
                 Ok(())

@@ -14,7 +14,7 @@ use super::TopicInfo;
 use crate::queue::{Produced, QueueError, QueueErrorKind, now_ms};
 
 /// Tables of the queue database (one file for every tenant's topic).
-pub(super) const SCHEMA: &str = "
+pub const SCHEMA: &str = "
     CREATE TABLE IF NOT EXISTS queue_topics (
         topic_id INTEGER PRIMARY KEY,
         name TEXT NOT NULL UNIQUE,
