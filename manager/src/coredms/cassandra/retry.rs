@@ -96,6 +96,15 @@ fn db_kind(error: &DbError) -> StoreErrorKind {
     }
 }
 
+/// Whether a replica answered a read with a failure (not a timeout): its local read threw.
+pub(super) fn is_read_failure(error: &ExecutionError) -> bool {
+    let attempt = match error {
+        ExecutionError::LastAttemptError(attempt) => attempt,
+        _ => return false,
+    };
+    matches!(attempt, RequestAttemptError::DbError(DbError::ReadFailure { .. }, _))
+}
+
 /// Whether the same request may succeed later.
 pub(super) fn is_transient(error: &ExecutionError) -> bool {
     matches!(kind_of(error), StoreErrorKind::Timeout | StoreErrorKind::Unavailable)

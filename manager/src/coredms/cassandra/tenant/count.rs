@@ -42,11 +42,13 @@ impl CassandraTenant {
         Box::pin(async move {
             let context = Context::new(&self.tenant, "counting rows").on(&handle.schema.name);
             let can_split = depth < MAX_SPLIT_DEPTH && high > low;
-            // A timeout is answered by splitting while that is possible, by retrying after.
+            // A timeout is answered by splitting while that is possible, by retrying after. A
+            // read failure (a replica's local read threw, e.g. an sstable compacted away under
+            // it right after a large ingest) is retried: a count is an idempotent read.
             let retry_on = |e: &_| match kind_of(e) {
                 StoreErrorKind::Timeout => !can_split,
                 StoreErrorKind::Unavailable => true,
-                _ => false,
+                _ => retry::is_read_failure(e),
             };
             let session = &self.shared.session;
             let outcome = retry::retrying(self.shared.config.max_retries, retry_on, || {
