@@ -27,7 +27,7 @@ fn rules() -> BTreeMap<&'static str, Vec<&'static str>> {
     rules.insert("admission", vec!["coredms", "plugin_host", "tenants", "schema"]);
     rules.insert("staging", vec!["source", "durable", "tenants"]);
     rules.insert("report", vec!["source", "durable", "tenants"]);
-    rules.insert("telemetry", vec!["report"]);
+    rules.insert("telemetry", vec!["report", "monitor"]);
     rules.insert(
         "ingest",
         vec![
@@ -76,7 +76,7 @@ fn rules() -> BTreeMap<&'static str, Vec<&'static str>> {
         ],
     );
     // The monitor decides from reports alone: never storage or plugins.
-    rules.insert("monitor", vec!["tenants", "durable", "report", "telemetry"]);
+    rules.insert("monitor", vec!["tenants"]);
     // The settings aggregate the components' sections.
     rules.insert(
         "config",

@@ -33,6 +33,8 @@ pub struct PlatformConfig {
     pub batch: BatchConfig,
     /// The stream manager and the message API.
     pub stream: StreamConfig,
+    /// The stream monitor: report period, thresholds, hold windows.
+    pub monitor: crate::monitor::MonitorConfig,
     /// The plugin host.
     pub plugins: PluginsConfig,
     /// How many reports and rejected rows are kept, and when logs rotate.
@@ -205,6 +207,38 @@ mod tests {
         assert_eq!(config.coredms.backend, Backend::Cassandra);
         assert_eq!(config.coredms.cassandra.contact_points, ["10.0.0.1:9042"]);
         assert_eq!(config.queue.backend, crate::queue::QueueBackend::Kafka);
+    }
+
+    #[test]
+    fn the_settings_the_readme_shows_are_the_defaults() {
+        let readme = include_str!("../../README.md");
+        let block = readme
+            .split("```toml\n")
+            .nth(1)
+            .and_then(|rest| rest.split("```").next())
+            .expect("README.md shows mysimbdp.toml");
+        let shown = PlatformConfig::parse(block, "README.md").unwrap();
+        let defaults = PlatformConfig::parse("", "x").unwrap();
+        let root = Path::new("/folder");
+        assert_eq!(shown.data_dir_in(root), defaults.data_dir_in(root));
+        // Field by field, so a failure names the setting.
+        let fields = |c: &PlatformConfig| -> Vec<String> {
+            let text = format!(
+                "{:?}",
+                PlatformConfig {
+                    data_dir: None,
+                    ..c.clone()
+                }
+            );
+            text.split(", ").map(str::to_string).collect()
+        };
+        let (shown, defaults) = (fields(&shown), fields(&defaults));
+        let differ: Vec<_> = shown.iter().zip(&defaults).filter(|(a, b)| a != b).collect();
+        assert!(
+            differ.is_empty(),
+            "README.md shows (left) what is not the default (right): {differ:?}"
+        );
+        assert_eq!(shown.len(), defaults.len());
     }
 
     #[test]

@@ -9,6 +9,7 @@ pub mod daas;
 pub mod durable;
 pub mod fswatch;
 pub mod ingest;
+pub mod monitor;
 pub mod os;
 pub mod platform;
 pub mod plugin_host;

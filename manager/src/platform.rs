@@ -133,6 +133,9 @@ pub async fn serve(options: ServeOptions, shutdown: impl std::future::Future<Out
         config: config.stream.clone(),
         data_dir: data_dir.clone(),
         cancel: cancel.clone(),
+        monitor: config.monitor.clone(),
+        metrics: Arc::clone(&metrics),
+        paused: Default::default(),
     }));
 
     let admin_token = admin_token

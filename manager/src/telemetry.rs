@@ -34,7 +34,20 @@ struct RefusalLabels {
     reason: String,
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct InstanceLabels {
+    tenant: String,
+    instance: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DecisionLabels {
+    tenant: String,
+    action: String,
+}
+
 type SecondsHistogram = Family<TenantLabel, Histogram, fn() -> Histogram>;
+type InstanceHistogram = Family<InstanceLabels, Histogram, fn() -> Histogram>;
 
 /// The platform's metrics.
 pub struct Metrics {
@@ -47,6 +60,18 @@ pub struct Metrics {
     ingest_seconds: SecondsHistogram,
     plugin_cpu_seconds: Family<TenantLabel, Counter<f64, std::sync::atomic::AtomicU64>>,
     files_in_flight: Family<TenantLabel, Gauge>,
+    stream_messages: Family<InstanceLabels, Counter>,
+    stream_rows: Family<InstanceLabels, Counter>,
+    stream_rejected: Family<InstanceLabels, Counter>,
+    stream_failures: Family<InstanceLabels, Counter>,
+    stream_latency: InstanceHistogram,
+    stream_lag: Family<TenantLabel, Gauge>,
+    stream_instances: Family<TenantLabel, Gauge>,
+    stream_decisions: Family<DecisionLabels, Counter>,
+}
+
+fn latency_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.001, 2.0, 18))
 }
 
 fn ingest_histogram() -> Histogram {
@@ -65,6 +90,14 @@ impl Default for Metrics {
             ingest_seconds: Family::new_with_constructor(ingest_histogram as fn() -> Histogram),
             plugin_cpu_seconds: Family::default(),
             files_in_flight: Family::default(),
+            stream_messages: Family::default(),
+            stream_rows: Family::default(),
+            stream_rejected: Family::default(),
+            stream_failures: Family::default(),
+            stream_latency: Family::new_with_constructor(latency_histogram as fn() -> Histogram),
+            stream_lag: Family::default(),
+            stream_instances: Family::default(),
+            stream_decisions: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -107,6 +140,46 @@ impl Default for Metrics {
             "Files staged or ingesting, by tenant",
             metrics.files_in_flight.clone(),
         );
+        registry.register(
+            "stream_messages",
+            "Stream messages processed and committed, by tenant and instance",
+            metrics.stream_messages.clone(),
+        );
+        registry.register(
+            "stream_rows",
+            "Rows stored from stream messages, by tenant and instance",
+            metrics.stream_rows.clone(),
+        );
+        registry.register(
+            "stream_rejected",
+            "Stream messages rejected, by tenant and instance",
+            metrics.stream_rejected.clone(),
+        );
+        registry.register(
+            "stream_plugin_failures",
+            "Stream plugin calls that failed, by tenant and instance",
+            metrics.stream_failures.clone(),
+        );
+        registry.register(
+            "stream_ingest_seconds",
+            "Time from a message's acceptance to its rows being durable, by tenant and instance",
+            metrics.stream_latency.clone(),
+        );
+        registry.register(
+            "stream_lag",
+            "Messages of a tenant's topic its group has not committed, last read",
+            metrics.stream_lag.clone(),
+        );
+        registry.register(
+            "stream_instances",
+            "Stream instances that should run, by tenant",
+            metrics.stream_instances.clone(),
+        );
+        registry.register(
+            "stream_decisions",
+            "Stream manager decisions, by tenant and action",
+            metrics.stream_decisions.clone(),
+        );
         Metrics { registry, ..metrics }
     }
 }
@@ -117,6 +190,55 @@ impl Metrics {
         let mut text = String::new();
         let _ = prometheus_client::encoding::text::encode(&mut text, &self.registry);
         text
+    }
+
+    /// Observes the acceptance → durable times of a committed stream batch.
+    pub fn stream_batch(&self, tenant: &str, instance: &str, latencies_seconds: impl IntoIterator<Item = f64>) {
+        let histogram = self.stream_latency.get_or_create(&InstanceLabels {
+            tenant: tenant.to_string(),
+            instance: instance.to_string(),
+        });
+        for seconds in latencies_seconds {
+            histogram.observe(seconds);
+        }
+    }
+
+    /// Sets how many stream instances a tenant should run.
+    pub fn set_stream_instances(&self, tenant: &str, instances: usize) {
+        self.stream_instances
+            .get_or_create(&TenantLabel {
+                tenant: tenant.to_string(),
+            })
+            .set(instances as i64);
+    }
+
+    /// Counts a stream manager decision.
+    pub fn stream_decision(&self, tenant: &str, action: &str) {
+        self.stream_decisions
+            .get_or_create(&DecisionLabels {
+                tenant: tenant.to_string(),
+                action: action.to_string(),
+            })
+            .inc();
+    }
+
+    /// Counts an instance's period report.
+    pub fn stream_report(&self, report: &crate::monitor::InstanceReport) {
+        let labels = InstanceLabels {
+            tenant: report.tenant.to_string(),
+            instance: report.instance.clone(),
+        };
+        self.stream_messages.get_or_create(&labels).inc_by(report.messages);
+        self.stream_rows.get_or_create(&labels).inc_by(report.rows);
+        self.stream_rejected.get_or_create(&labels).inc_by(report.rejected);
+        self.stream_failures.get_or_create(&labels).inc_by(report.failures);
+        if let Some(lag) = report.lag {
+            self.stream_lag
+                .get_or_create(&TenantLabel {
+                    tenant: report.tenant.to_string(),
+                })
+                .set(lag as i64);
+        }
     }
 
     /// Sets a tenant's files in flight.

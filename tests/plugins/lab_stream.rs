@@ -4,7 +4,7 @@
 // - `key,number` → a row (key, number, the plugin version, the instance id, the instance's
 //   message count so far);
 // - `PANIC` → panics (the whole batch fails); `ERROR` → the batch fails with an error;
-// - `SLEEP ms` → sleeps (a slow plugin); `REJECT` → rejected with a reason;
+// - `SLEEP ms` → sleeps (a slow plugin), `SLEEP ms key,n` sleeps, then is that row; `REJECT` → rejected with a reason;
 // - anything else → rejected with a reason.
 // Every batch touches a thread-local with a destructor, which pins a library that is called
 // from a thread that outlives its unload.
@@ -55,6 +55,14 @@ impl StreamIngestApp for LabStream {
                 None => text,
             };
             self.seen += 1;
+            // `SLEEP ms key,n`: a slow message that is also a row.
+            let text = match text.strip_prefix("SLEEP ").and_then(|rest| rest.split_once(' ')) {
+                Some((ms, row)) => {
+                    std::thread::sleep(std::time::Duration::from_millis(ms.parse().unwrap_or(0)));
+                    row.to_string()
+                }
+                None => text,
+            };
             match text.as_str() {
                 "PANIC" => panic!("the lab stream plugin {LAB_VERSION} was asked to panic"),
                 "ERROR" => return Err(PluginError::internal(format!("the lab stream plugin {LAB_VERSION} was asked to fail"))),

@@ -82,7 +82,10 @@ pub(super) async fn post(
         .take(&tenant_id, limits.max_messages_per_second, messages.len())?;
     let count = messages.len();
     match tokio::time::timeout(PRODUCE_WAIT, state.queue.produce(&tenant_id, messages)).await {
-        Ok(Ok(_)) => Ok(json_of(StatusCode::ACCEPTED, &Accepted { accepted: count })),
+        Ok(Ok(_)) => {
+            state.stream.wake(&tenant_id);
+            Ok(json_of(StatusCode::ACCEPTED, &Accepted { accepted: count }))
+        }
         Ok(Err(e)) => {
             let error = ApiError::from(e);
             Err(match error.refusal {

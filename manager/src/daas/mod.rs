@@ -41,6 +41,7 @@ use crate::coredms::{CoreDms, TenantStorage, TenantStore};
 use crate::plugin_host::PluginHost;
 use crate::queue::Queue;
 use crate::report::ReportStore;
+use crate::report::StreamLog;
 use crate::staging::Staging;
 use crate::stream::{StreamConfig, StreamManager};
 use crate::telemetry::Metrics;
@@ -287,6 +288,8 @@ async fn route(state: &ApiState, request: Request<Incoming>) -> Result<Response<
         Endpoint::StreamInstances => stream::list(state, &request, &params),
         Endpoint::StreamInstance => stream::stop(state, &request, &params).await,
         Endpoint::StreamRejected => stream::rejected(state, &request, &params).await,
+        Endpoint::StreamDecisions => stream::records(state, &request, &params, StreamLog::Decisions).await,
+        Endpoint::StreamReports => stream::records(state, &request, &params, StreamLog::Reports).await,
         _ => read::tenant_get(state, &request, endpoint, &params).await,
     }
 }

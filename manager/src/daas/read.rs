@@ -43,6 +43,21 @@ struct TenantStats {
     usage: Option<Usage>,
     #[serde(skip_serializing_if = "Option::is_none")]
     plugins: Option<Vec<PluginStatus>>,
+    stream: StreamStats,
+}
+
+/// The tenant's stream, from its instances' last reports.
+#[derive(Serialize)]
+struct StreamStats {
+    instances: usize,
+    paused: bool,
+    autoscale: bool,
+    /// The group's lag, as last reported.
+    lag: Option<u64>,
+    /// Messages per second over the last reports, all instances.
+    messages_per_second: f64,
+    /// Each instance's last period report.
+    last_reports: Vec<crate::monitor::InstanceReport>,
 }
 
 #[derive(Serialize)]
@@ -149,6 +164,24 @@ fn tenant_stats(
         max_memory_size: tenant.max_memory_size,
         usage: state.usage.known(id),
         plugins,
+        stream: stream_stats(state, id, tenant),
+    }
+}
+
+fn stream_stats(state: &ApiState, id: &TenantId, tenant: &Tenant) -> StreamStats {
+    let instances = state.stream.instances(id);
+    let last_reports: Vec<crate::monitor::InstanceReport> =
+        instances.iter().filter_map(|i| i.status.last_report.clone()).collect();
+    StreamStats {
+        instances: instances.len(),
+        paused: state.stream.is_paused(id),
+        autoscale: tenant.autoscale.unwrap_or(true),
+        lag: last_reports.iter().filter_map(|r| r.lag).max(),
+        messages_per_second: last_reports
+            .iter()
+            .map(|r| r.messages as f64 / (r.period_end - r.period_start).max(0.001))
+            .sum(),
+        last_reports,
     }
 }
 

@@ -25,6 +25,8 @@ pub(super) enum Endpoint {
     StreamInstances,
     StreamInstance,
     StreamRejected,
+    StreamDecisions,
+    StreamReports,
 }
 
 const PATTERNS: &[(&str, Endpoint)] = &[
@@ -47,6 +49,8 @@ const PATTERNS: &[(&str, Endpoint)] = &[
         Endpoint::StreamInstance,
     ),
     ("/v1/tenants/{tenant}/stream/rejected", Endpoint::StreamRejected),
+    ("/v1/tenants/{tenant}/stream/decisions", Endpoint::StreamDecisions),
+    ("/v1/tenants/{tenant}/stream/reports", Endpoint::StreamReports),
 ];
 
 impl Endpoint {

@@ -9,6 +9,7 @@ use serde::Serialize;
 
 use super::routes::PathParams;
 use super::{ApiError, ApiState, Refusal, auth, json_of, limit_param, query};
+use crate::report::StreamLog;
 use crate::stream::{InstanceView, StreamError};
 use crate::tenants::TenantId;
 
@@ -107,4 +108,57 @@ pub(super) async fn rejected(
             _ => ApiError::from(e),
         })?;
     Ok(json_of(StatusCode::OK, &rows))
+}
+
+#[derive(Serialize)]
+struct Decisions {
+    decisions: Vec<serde_json::Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    next_page: Option<String>,
+}
+
+#[derive(Serialize)]
+struct Reports {
+    reports: Vec<serde_json::Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    next_page: Option<String>,
+}
+
+/// `GET /v1/tenants/{t}/stream/decisions` and `.../stream/reports` `?limit=N&page=P`: the
+/// stream manager's decisions and the instances' periodic reports, oldest first.
+pub(super) async fn records(
+    state: &ApiState,
+    request: &Request<Incoming>,
+    path: &PathParams,
+    log: StreamLog,
+) -> Result<Response<Full<Bytes>>, ApiError> {
+    let tenants = state.tenants.current();
+    let tenant = auth::tenant_or_admin(&tenants, state.admin_token.as_ref(), request.headers(), &path.tenant)?;
+    let params = query(request);
+    let limit = limit_param(&params, 100, 1000)?;
+    let page = params.get("page").cloned();
+    let reports = std::sync::Arc::clone(&state.reports);
+    let page = tokio::task::spawn_blocking(move || reports.records(&tenant, log, page.as_deref(), limit))
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))?
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::InvalidInput => ApiError::bad_request(e.to_string()),
+            _ => ApiError::from(e),
+        })?;
+    Ok(match log {
+        StreamLog::Decisions => json_of(
+            StatusCode::OK,
+            &Decisions {
+                decisions: page.records,
+                next_page: page.next_page,
+            },
+        ),
+        StreamLog::Reports => json_of(
+            StatusCode::OK,
+            &Reports {
+                reports: page.records,
+                next_page: page.next_page,
+            },
+        ),
+    })
 }

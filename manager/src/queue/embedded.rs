@@ -229,6 +229,10 @@ impl Queue for EmbeddedQueue {
         self.topic(tenant).await.map(|_| ())
     }
 
+    async fn partition_count(&self, tenant: &TenantId) -> Result<u32, QueueError> {
+        self.topic(tenant).await.map(|t| t.partitions)
+    }
+
     async fn produce(&self, tenant: &TenantId, messages: Vec<Vec<u8>>) -> Result<Produced, QueueError> {
         let bytes = check_sizes(tenant, &messages, self.shared.max_message_bytes)?;
         if messages.is_empty() {

@@ -240,6 +240,10 @@ impl Queue for KafkaQueue {
         self.partitions(tenant).await.map(|_| ())
     }
 
+    async fn partition_count(&self, tenant: &TenantId) -> Result<u32, QueueError> {
+        self.partitions(tenant).await
+    }
+
     async fn produce(&self, tenant: &TenantId, messages: Vec<Vec<u8>>) -> Result<Produced, QueueError> {
         let bytes = check_sizes(tenant, &messages, self.max_message_bytes)?;
         if messages.is_empty() {

@@ -124,6 +124,9 @@ pub trait Queue: Send + Sync {
     /// (when a tenant is added) only moves the cost.
     async fn ensure_topic(&self, tenant: &TenantId) -> Result<(), QueueError>;
 
+    /// The partitions of the tenant's topic (creating it if it is missing).
+    async fn partition_count(&self, tenant: &TenantId) -> Result<u32, QueueError>;
+
     /// Appends `messages` to the tenant's topic, spread over its partitions (the messages of
     /// one call that land in one partition keep their order there). Returns once every
     /// message is durable; see the module docs for what an error means.

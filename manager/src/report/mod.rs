@@ -9,7 +9,10 @@
 //! - `<tenant>_rejected.jsonl`: the rows plugins rejected (file id, line, reason, raw input),
 //!   in rotated segments; each report points at its file's rows;
 //! - `<tenant>_stream_rejected.jsonl`: the messages stream plugins rejected (partition, offset,
-//!   reason, raw payload), in rotated segments, paged by the API.
+//!   reason, raw payload), in rotated segments, paged by the API;
+//! - `<tenant>_stream.jsonl`: the stream instances' periodic reports, and
+//!   `<tenant>_decisions.jsonl`: the stream manager's decisions with their evidence, both in
+//!   rotated segments, paged by the API.
 
 mod log;
 pub mod stats;
@@ -19,7 +22,7 @@ use serde::{Deserialize, Serialize};
 
 pub use log::{Cursor, Position, SegmentedLog};
 pub use stats::{IngestStats, StatsSnapshot};
-pub use store::{RejectedPage, RejectedRow, ReportStore, ReportsConfig};
+pub use store::{RecordPage, RejectedPage, RejectedRow, ReportStore, ReportsConfig, StreamLog};
 
 /// The folder's name in the platform's root.
 pub const REPORTS_DIR: &str = "client-reports";

@@ -97,7 +97,27 @@ struct TenantReports {
     log: SegmentedLog,
     rejected: SegmentedLog,
     stream_rejected: SegmentedLog,
+    stream_reports: SegmentedLog,
+    decisions: SegmentedLog,
     stats: IngestStats,
+}
+
+/// A tenant's stream logs of JSON records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamLog {
+    /// `<tenant>_stream.jsonl`: the instances' periodic reports.
+    Reports,
+    /// `<tenant>_decisions.jsonl`: the stream manager's decisions.
+    Decisions,
+}
+
+/// A page of JSON records.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RecordPage {
+    /// The records, oldest first.
+    pub records: Vec<serde_json::Value>,
+    /// The token of the next page, if there is one.
+    pub next_page: Option<String>,
 }
 
 /// All tenants' reports.
@@ -156,6 +176,16 @@ impl ReportStore {
             self.config.log_segment_bytes,
             self.config.log_segments_kept,
         )?;
+        let open = |name: &str| {
+            SegmentedLog::open(
+                &self.dir,
+                &format!("{tenant}_{name}.jsonl"),
+                self.config.log_segment_bytes,
+                self.config.log_segments_kept,
+            )
+        };
+        let stream_reports = open("stream")?;
+        let decisions = open("decisions")?;
         let mut stats = IngestStats::default();
         let mut from_log = BTreeMap::new();
         for line in log.lines()? {
@@ -181,6 +211,8 @@ impl ReportStore {
             log,
             rejected,
             stream_rejected,
+            stream_reports,
+            decisions,
             stats,
         }));
         tenants.insert(tenant.clone(), Arc::clone(&reports));
@@ -312,6 +344,45 @@ impl ReportStore {
         let (lines, next) = reports.stream_rejected.page(cursor, limit)?;
         Ok(RejectedPage {
             rows: lines.iter().filter_map(|l| serde_json::from_str(l).ok()).collect(),
+            next_page: next.map(|c| c.to_string()),
+        })
+    }
+
+    /// Appends a record to one of the tenant's stream logs.
+    pub fn append_record(&self, tenant: &TenantId, log: StreamLog, record: &impl Serialize) -> io::Result<()> {
+        let mut line = serde_json::to_vec(record).map_err(io::Error::other)?;
+        line.push(b'\n');
+        let reports = self.tenant(tenant)?;
+        let mut reports = reports.lock().unwrap_or_else(|e| e.into_inner());
+        let target = match log {
+            StreamLog::Reports => &mut reports.stream_reports,
+            StreamLog::Decisions => &mut reports.decisions,
+        };
+        target.append(&line).map(|_| ())
+    }
+
+    /// A page of one of the tenant's stream logs, oldest first, from `page` (a token an earlier
+    /// page returned).
+    pub fn records(
+        &self,
+        tenant: &TenantId,
+        log: StreamLog,
+        page: Option<&str>,
+        limit: usize,
+    ) -> io::Result<RecordPage> {
+        let cursor = page
+            .map(str::parse::<Cursor>)
+            .transpose()
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        let reports = self.tenant(tenant)?;
+        let reports = reports.lock().unwrap_or_else(|e| e.into_inner());
+        let source = match log {
+            StreamLog::Reports => &reports.stream_reports,
+            StreamLog::Decisions => &reports.decisions,
+        };
+        let (lines, next) = source.page(cursor, limit)?;
+        Ok(RecordPage {
+            records: lines.iter().filter_map(|l| serde_json::from_str(l).ok()).collect(),
             next_page: next.map(|c| c.to_string()),
         })
     }

@@ -15,14 +15,17 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::{GROUP, StreamContext, recovery};
 use crate::coredms::{TenantStorage, TenantStore, Written};
 use crate::durable::unix_now;
 use crate::ingest;
+use crate::monitor::{InstanceReport, Latencies};
 use crate::plugin_host::{Instance, PluginVersion};
 use crate::queue::{QueueConsumer, QueuedMessage};
+use crate::report::StreamLog;
 use crate::tenants::TenantId;
 
 /// What an instance is doing.
@@ -38,6 +41,18 @@ pub enum InstanceState {
     Waiting,
     /// Stopped.
     Stopped,
+}
+
+impl InstanceState {
+    /// Its name, as the API writes it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            InstanceState::Starting => "starting",
+            InstanceState::Running => "running",
+            InstanceState::Waiting => "waiting",
+            InstanceState::Stopped => "stopped",
+        }
+    }
 }
 
 /// An instance's state and what it has done since it started.
@@ -68,6 +83,9 @@ pub struct InstanceStatus {
     pub batches: u64,
     /// Messages of the tenant's topic not yet committed by its group, last read.
     pub lag: Option<u64>,
+    /// The last period's report.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_report: Option<InstanceReport>,
     /// When the last batch was committed (seconds since the epoch).
     pub last_batch_at: Option<f64>,
     /// The last batch's mean time from a message's acceptance to its rows being durable, ms.
@@ -95,6 +113,38 @@ pub(super) struct Task {
     lag_read_at: Option<Instant>,
     /// The batch written and being made durable while the next one is processed.
     pending: Option<Uncommitted>,
+    /// What this period's report will say (plugin calls and failures are counted as they
+    /// happen, the rest once a batch is committed).
+    pub(super) period: Period,
+    /// Where reports go (the monitor).
+    reports: mpsc::Sender<InstanceReport>,
+}
+
+/// The counters of the current report period.
+pub(super) struct Period {
+    start: f64,
+    messages: u64,
+    bytes: u64,
+    rows: u64,
+    rejected: u64,
+    pub(super) calls: u64,
+    pub(super) failures: u64,
+    latencies: Latencies,
+}
+
+impl Period {
+    fn new(start: f64) -> Self {
+        Period {
+            start,
+            messages: 0,
+            bytes: 0,
+            rows: 0,
+            rejected: 0,
+            calls: 0,
+            failures: 0,
+            latencies: Latencies::default(),
+        }
+    }
 }
 
 /// A batch whose rows are written, on its way to durable, with its offsets not yet committed.
@@ -118,6 +168,7 @@ pub(super) async fn run(
     id: String,
     stop: CancellationToken,
     status: Arc<Mutex<InstanceStatus>>,
+    reports: mpsc::Sender<InstanceReport>,
 ) {
     let mut task = Task {
         ctx,
@@ -130,6 +181,8 @@ pub(super) async fn run(
         prepared: None,
         lag_read_at: None,
         pending: None,
+        period: Period::new(unix_now()),
+        reports,
     };
     task.run().await;
 }
@@ -142,7 +195,9 @@ impl Task {
     async fn run(&mut self) {
         let mut pause = Duration::from_millis(100);
         while !self.stop.is_cancelled() {
-            match self.step().await {
+            let stepped = self.step().await;
+            self.report(false).await;
+            match stepped {
                 Ok(()) => pause = Duration::from_millis(100),
                 Err(Pause(reason)) => {
                     {
@@ -169,6 +224,7 @@ impl Task {
                 self.id
             );
         }
+        self.report(true).await;
         // Close the plugin instance and leave the group (its partitions go to the others).
         self.plugin = None;
         self.consumer = None;
@@ -182,6 +238,13 @@ impl Task {
     /// the writes of the next, and a batch's offsets are still committed only once its rows are
     /// durable, in order.
     async fn step(&mut self) -> Result<(), Pause> {
+        if self.ctx.is_paused(&self.tenant) {
+            self.settle().await?;
+            return Err(Pause(format!(
+                "paused by the stream manager: tenant {} is over its storage quota",
+                self.tenant
+            )));
+        }
         let version = self
             .ctx
             .plugins
@@ -276,9 +339,19 @@ impl Task {
             log::warn!("stream: tenant={} instance={} commit failed: {e}", self.tenant, self.id);
         }
         let now_ms = (unix_now() * 1000.0) as i64;
-        let timestamps = &batch.timestamps;
-        let latency =
-            timestamps.iter().map(|t| (now_ms - t).max(0) as f64).sum::<f64>() / timestamps.len().max(1) as f64;
+        let latencies: Vec<f64> = batch.timestamps.iter().map(|t| (now_ms - t).max(0) as f64).collect();
+        let latency = latencies.iter().sum::<f64>() / latencies.len().max(1) as f64;
+        self.ctx
+            .metrics
+            .stream_batch(self.tenant.as_str(), &self.id, latencies.iter().map(|ms| ms / 1000.0));
+        let period = &mut self.period;
+        period.messages += batch.messages;
+        period.bytes += batch.bytes;
+        period.rows += batch.written.rows;
+        period.rejected += batch.rejected;
+        for ms in latencies {
+            period.latencies.add(ms);
+        }
         let mut status = self.status();
         status.messages += batch.messages;
         status.bytes += batch.bytes;
@@ -289,6 +362,74 @@ impl Task {
         status.last_batch_at = Some(unix_now());
         status.last_batch_latency_ms = Some(latency);
         Ok(())
+    }
+
+    /// Sends the period's report once the period is over (or `last`, as the instance stops):
+    /// to the monitor, the tenant's `_stream.jsonl` and the metrics; the API shows it too.
+    async fn report(&mut self, last: bool) {
+        let now = unix_now();
+        if !last && now - self.period.start < self.ctx.monitor.report_every_seconds {
+            return;
+        }
+        let period = std::mem::replace(&mut self.period, Period::new(now));
+        let over_quota = self.over_quota();
+        let status = self.status().clone();
+        let report = InstanceReport {
+            tenant: self.tenant.clone(),
+            instance: self.id.clone(),
+            period_start: period.start,
+            period_end: now,
+            messages: period.messages,
+            bytes: period.bytes,
+            rows: period.rows,
+            rejected: period.rejected,
+            calls: period.calls,
+            failures: period.failures,
+            avg_latency_ms: period.latencies.mean(),
+            p95_latency_ms: period.latencies.quantile(0.95),
+            lag: status.lag,
+            partitions: status.partitions.clone(),
+            state: if last {
+                "stopped".into()
+            } else {
+                status.state.as_str().into()
+            },
+            note: status.note.clone(),
+            over_quota,
+        };
+        self.ctx.metrics.stream_report(&report);
+        let reports = Arc::clone(&self.ctx.reports);
+        let kept = report.clone();
+        let tenant = self.tenant.clone();
+        let written =
+            tokio::task::spawn_blocking(move || reports.append_record(&tenant, StreamLog::Reports, &kept)).await;
+        if !matches!(written, Ok(Ok(()))) {
+            log::warn!(
+                "stream: tenant={} instance={} cannot keep its report",
+                self.tenant,
+                self.id
+            );
+        }
+        self.status().last_report = Some(report.clone());
+        if self.reports.try_send(report).is_err() {
+            log::warn!(
+                "stream: tenant={} instance={} the monitor is behind; a report was not evaluated",
+                self.tenant,
+                self.id
+            );
+        }
+    }
+
+    /// Whether the tenant's data occupies its quota, by the ledger's last measure.
+    fn over_quota(&self) -> bool {
+        let tenants = self.ctx.tenants.current();
+        let Some(config) = tenants.get(&self.tenant) else {
+            return false;
+        };
+        self.ctx
+            .usage
+            .known(&self.tenant)
+            .is_some_and(|u| u.storage_used_bytes >= config.max_memory_size)
     }
 
     async fn store(&mut self) -> Result<(TenantStorage, Arc<dyn TenantStore>), Pause> {

@@ -11,6 +11,7 @@
 //! an instance whose task ended, and stops the instances of a tenant that was removed; the API
 //! starts and stops instances by changing the same state.
 
+mod decide;
 mod instance;
 mod recovery;
 mod state;
@@ -24,12 +25,15 @@ use serde::{Deserialize, Serialize};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+pub use decide::{Action, Crossed, Decision};
 pub use instance::{InstanceState, InstanceStatus};
 
 use crate::coredms::CoreDms;
+use crate::monitor::{InstanceReport, MonitorConfig};
 use crate::plugin_host::PluginHost;
 use crate::queue::Queue;
 use crate::report::ReportStore;
+use crate::telemetry::Metrics;
 use crate::tenants::watch::TenantsHandle;
 use crate::tenants::{Tenant, TenantId};
 use crate::usage::UsageLedger;
@@ -179,6 +183,28 @@ pub struct StreamContext {
     pub data_dir: PathBuf,
     /// Cancelled at shutdown.
     pub cancel: CancellationToken,
+    /// The monitor's settings (the report period, the thresholds).
+    pub monitor: MonitorConfig,
+    /// Stream metrics.
+    pub metrics: Arc<Metrics>,
+    /// Tenants whose instances are paused (over their quota).
+    pub paused: Mutex<std::collections::BTreeSet<TenantId>>,
+}
+
+impl StreamContext {
+    /// Whether the tenant's instances are paused.
+    pub fn is_paused(&self, tenant: &TenantId) -> bool {
+        self.paused.lock().unwrap_or_else(|e| e.into_inner()).contains(tenant)
+    }
+
+    fn set_paused(&self, tenant: &TenantId, paused: bool) {
+        let mut set = self.paused.lock().unwrap_or_else(|e| e.into_inner());
+        if paused {
+            set.insert(tenant.clone());
+        } else {
+            set.remove(tenant);
+        }
+    }
 }
 
 /// One running instance's task.
@@ -194,7 +220,14 @@ pub struct StreamManager {
     desired: Mutex<DesiredInstances>,
     running: Mutex<BTreeMap<(TenantId, String), Running>>,
     supervisor: Mutex<Option<JoinHandle<()>>>,
+    /// The monitor's inbox: every instance sends its reports here.
+    reports: tokio::sync::mpsc::Sender<InstanceReport>,
+    /// When a tenant with automatic scaling off last had a wake recorded.
+    woken: Mutex<std::collections::HashMap<TenantId, f64>>,
 }
+
+/// Reports (and notifications) waiting for the monitor (and the manager), at most.
+const REPORTS_QUEUED: usize = 1024;
 
 /// How often the supervisor looks at what runs and what should.
 const SUPERVISE_EVERY: Duration = Duration::from_millis(500);
@@ -220,12 +253,23 @@ impl StreamManager {
     /// minimum) start as soon as their plugins are loaded.
     pub fn start(ctx: Arc<StreamContext>) -> Arc<Self> {
         let desired = DesiredInstances::load(&ctx.data_dir);
+        let (reports, inbox) = tokio::sync::mpsc::channel(REPORTS_QUEUED);
+        let (notify, notifications) = tokio::sync::mpsc::channel(REPORTS_QUEUED);
+        tokio::spawn(crate::monitor::run(
+            ctx.monitor.clone(),
+            ctx.tenants.clone(),
+            inbox,
+            notify,
+        ));
         let manager = Arc::new(StreamManager {
             ctx,
             desired: Mutex::new(desired),
             running: Mutex::default(),
             supervisor: Mutex::default(),
+            reports,
+            woken: Mutex::default(),
         });
+        tokio::spawn(Arc::clone(&manager).act_on(notifications));
         let supervising = Arc::clone(&manager);
         let task = tokio::spawn(async move { supervising.supervise().await });
         *manager.supervisor.lock().unwrap_or_else(|e| e.into_inner()) = Some(task);
@@ -322,6 +366,16 @@ impl StreamManager {
         futures_util::future::join_all(stops).await;
     }
 
+    /// Whether the tenant's instances are paused (over its quota).
+    pub fn is_paused(&self, tenant: &TenantId) -> bool {
+        self.ctx.is_paused(tenant)
+    }
+
+    /// How many instances the tenant should run.
+    pub fn instance_count(&self, tenant: &TenantId) -> u32 {
+        self.desired().instances(tenant).map_or(0, |ids| ids.len() as u32)
+    }
+
     fn desired(&self) -> std::sync::MutexGuard<'_, DesiredInstances> {
         self.desired.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -339,6 +393,7 @@ impl StreamManager {
             id.to_string(),
             stop.clone(),
             Arc::clone(&status),
+            self.reports.clone(),
         ));
         self.running()
             .insert((tenant.clone(), id.to_string()), Running { stop, task, status });
@@ -380,6 +435,8 @@ impl StreamManager {
             if let Err(e) = desired.save(&self.ctx.data_dir) {
                 log::error!("stream: cannot record the instances: {e}");
             }
+            self.ctx.set_paused(&tenant, false);
+            self.ctx.metrics.set_stream_instances(tenant.as_str(), 0);
             log::info!("stream: tenant={tenant} removed: its instances stopped");
         }
         // Tenants with a stream plugin and nothing chosen yet start at their minimum.
@@ -394,6 +451,10 @@ impl StreamManager {
             if let Err(e) = desired.save(&self.ctx.data_dir) {
                 log::error!("stream: cannot record the instances: {e}");
             }
+        }
+        for (tenant, _) in tenants.iter() {
+            let count = self.instance_count(tenant) as usize;
+            self.ctx.metrics.set_stream_instances(tenant.as_str(), count);
         }
         // Every instance that should run, runs.
         let wanted: Vec<(TenantId, String)> = self.desired().all().collect();

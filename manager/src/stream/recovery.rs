@@ -156,6 +156,7 @@ impl Partition<'_> {
             .process(messages.to_vec(), config.channel_batches, ctx.cancel.clone())
             .map_err(|e| Failure::Pause(Pause(format!("the plugin instance is closed: {e}"))))?;
         let mut held: Vec<RejectedRecord> = Vec::new();
+        self.task.period.calls += 1;
         let outcome = ingest::feed(stream, self.store, self.writes, &mut held).await;
         if let Some(e) = self.writes.failed() {
             return Err(Failure::Pause(Pause(format!("storage failed: {e}"))));
@@ -167,6 +168,7 @@ impl Partition<'_> {
             }
             Err(error) => {
                 self.failures += 1;
+                self.task.period.failures += 1;
                 if error.kind == CallErrorKind::Panic {
                     // Its state may be broken: a new instance for the next try.
                     self.task.plugin = None;

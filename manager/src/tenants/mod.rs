@@ -168,8 +168,29 @@ impl From<TokenDigest> for String {
     }
 }
 
+/// A tenant's own stream thresholds (see the monitor); each optional.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StreamThresholds {
+    /// Lag at most, in messages.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_lag: Option<u64>,
+    /// Mean acceptance → durable time at most, ms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_avg_latency_ms: Option<f64>,
+    /// p95 of it at most, ms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_p95_latency_ms: Option<f64>,
+    /// Messages per second at least, while there is lag.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_messages_per_second: Option<f64>,
+    /// Failed plugin calls per call at most (0 to 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_failure_ratio: Option<f64>,
+}
+
 /// One tenant's entry in `customer_information.json`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Tenant {
     /// File types the tenant may upload (each needs its batch plugin).
@@ -203,6 +224,14 @@ pub struct Tenant {
     /// Stream instances at most.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_stream_instances: Option<u32>,
+    /// The tenant's own stream monitor thresholds (the platform's `[monitor.thresholds]` for
+    /// what it leaves out).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream_thresholds: Option<StreamThresholds>,
+    /// Whether the stream manager scales the tenant's instances on the monitor's
+    /// notifications (default true); off, it records what it would have done.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscale: Option<bool>,
     /// The seed's counter; ignored (counters live in the platform's state).
     #[serde(default, skip_serializing)]
     pub uploaded_files_number: Option<serde_json::Value>,
@@ -227,7 +256,7 @@ impl Tenant {
 }
 
 /// All tenants: a valid `customer_information.json`.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Tenants {
     tenants: BTreeMap<TenantId, Tenant>,
 }
@@ -344,6 +373,28 @@ impl Tenants {
                     id,
                     format!("min_stream_instances ({min}) is more than max_stream_instances ({max})"),
                 ));
+            }
+            if let Some(t) = &tenant.stream_thresholds {
+                let numbers = [
+                    ("max_avg_latency_ms", t.max_avg_latency_ms),
+                    ("max_p95_latency_ms", t.max_p95_latency_ms),
+                    ("min_messages_per_second", t.min_messages_per_second),
+                    ("max_failure_ratio", t.max_failure_ratio),
+                ];
+                for (name, value) in numbers {
+                    if value.is_some_and(|v| !v.is_finite() || v < 0.0) {
+                        return Err(invalid(
+                            id,
+                            format!("stream_thresholds.{name} must be a number of 0 or more"),
+                        ));
+                    }
+                }
+                if t.max_failure_ratio.is_some_and(|r| r > 1.0) {
+                    return Err(invalid(
+                        id,
+                        "stream_thresholds.max_failure_ratio must be between 0 and 1".into(),
+                    ));
+                }
             }
             if tenant.uploaded_files_number.is_some() || tenant.uploaded_data_size.is_some() {
                 log::warn!(
