@@ -139,8 +139,15 @@ fn lag_from_a_slow_plugin_scales_out_the_lag_drains_and_idle_scales_back_in_each
             reports.iter().any(|r| r["lag"].as_u64().unwrap_or(0) > 300),
             "{reports:?}"
         );
-        let stored: u64 = reports.iter().map(|r| r["rows"].as_u64().unwrap()).sum();
-        assert_eq!(stored, 2000, "the reports account for every row");
+        // Every row once in the table. The reports count rows written: the partitions that
+        // moved at the scale-out had their last, uncommitted batch delivered again to their new
+        // owner (at least once), so they may count up to a batch per partition twice.
+        assert_eq!(platform.count("lab", "lab-token", "events"), 2000);
+        let written: u64 = reports.iter().map(|r| r["rows"].as_u64().unwrap()).sum();
+        assert!(
+            (2000..=4000).contains(&written),
+            "the reports account for every row: {written}"
+        );
         assert!(reports.iter().any(|r| r["p95_latency_ms"].as_f64().is_some()));
         assert!(
             std::fs::read_to_string(platform.dir.join("client-reports/lab_decisions.jsonl"))

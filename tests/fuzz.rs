@@ -1,7 +1,7 @@
 //! Bounded fuzzing of the inputs an outsider controls: the configuration parsers (an operator's
 //! careless edit) and the upload path (a hostile client's request), with inputs mutated from
 //! valid ones. The budget is `MYSIMBDP_FUZZ_SECONDS` per target (3 s by default; the README's
-//! test command gives each a minute). A panic, a hang or a dead platform fails the test.
+//! test command gives each 30 s). A panic, a hang or a dead platform fails the test.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;

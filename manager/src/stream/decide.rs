@@ -207,12 +207,17 @@ impl StreamManager {
         if self.instance_count(tenant) > 0 {
             return;
         }
-        let autoscale = self
-            .ctx
-            .tenants
-            .current()
-            .get(tenant)
-            .is_some_and(|t| t.autoscale.unwrap_or(true));
+        let tenants = self.ctx.tenants.current();
+        let Some(config) = tenants.get(tenant) else {
+            return;
+        };
+        // Zero instances is the idle state only of a pay-per-use tenant (minimum 0); a tenant
+        // with a minimum of 1 or more is at zero because the operator stopped its instances,
+        // and a message does not overrule that.
+        if self.ctx.config.limits(config).min_instances > 0 {
+            return;
+        }
+        let autoscale = config.autoscale.unwrap_or(true);
         let applied = {
             // One wake at a time: concurrent posts start one instance, not one each.
             let mut woken = self.woken.lock().unwrap_or_else(|e| e.into_inner());

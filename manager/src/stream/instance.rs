@@ -266,9 +266,7 @@ impl Task {
         }
         let mut up_to: BTreeMap<u32, u64> = BTreeMap::new();
         let mut by_partition: BTreeMap<u32, Vec<QueuedMessage>> = BTreeMap::new();
-        let bytes: u64 = messages.iter().map(|m| m.payload.len() as u64).sum();
-        let count = messages.len() as u64;
-        let timestamps: Vec<i64> = messages.iter().map(|m| m.timestamp_ms).collect();
+        let (mut bytes, mut count, mut timestamps) = (0u64, 0u64, Vec::with_capacity(messages.len()));
         for message in messages {
             let last = up_to.entry(message.partition).or_default();
             *last = (*last).max(message.offset);
@@ -278,7 +276,17 @@ impl Task {
         let mut rejected_files = Vec::new();
         let mut rejected = 0;
         let mut failures = 0;
-        for (_, batch) in by_partition {
+        for (partition, batch) in by_partition {
+            // A partition that moved to another instance while this poll was processed (a
+            // scale-out) is left to its new owner, which reads it from the committed offset.
+            let owned = self.consumer.as_mut().and_then(|c| c.assignment().ok());
+            if owned.is_some_and(|owned| !owned.is_empty() && !owned.contains(&partition)) {
+                up_to.remove(&partition);
+                continue;
+            }
+            bytes += batch.iter().map(|m| m.payload.len() as u64).sum::<u64>();
+            count += batch.len() as u64;
+            timestamps.extend(batch.iter().map(|m| m.timestamp_ms));
             match recovery::ingest_partition(self, &version, &store, &mut writes, batch).await {
                 Ok(done) => {
                     rejected += done.rejected;
@@ -293,6 +301,10 @@ impl Task {
                     return Err(pause);
                 }
             }
+            // A poll may hold seconds of work (Kafka hands over thousands of messages at
+            // once): the monitor still hears from the instance every period, between partitions.
+            self.read_lag().await;
+            self.report(false).await;
         }
         let (written, store_error) = writes.settle().await;
         if let Some(e) = store_error {
