@@ -37,6 +37,13 @@ fn schema(spec: plugin_api::TableSpec) -> anyhow::Result<TableSchema> {
     Ok(manifest.tables.into_iter().next().expect("one table"))
 }
 
+/// A typed row's values in host memory.
+fn host_values(row: impl plugin_api::Row) -> impl Iterator<Item = Value> {
+    let mut values = Vec::new();
+    row.push_values(&mut values);
+    values.into_iter().map(|v| mysimbdp::plugin_host::rows::host_value(&v))
+}
+
 /// client1 CSV → `readings` rows.
 pub fn client1_csv(path: &Path) -> anyhow::Result<DataSet> {
     let table = schema(client1_readings::readings_table())?;
@@ -51,7 +58,7 @@ pub fn client1_csv(path: &Path) -> anyhow::Result<DataSet> {
     for record in reader.records() {
         let record = record?;
         if let Ok(row) = columns.reading(|i| record.get(i)).and_then(|r| r.into_row()) {
-            values.extend(row.iter().map(mysimbdp::plugin_host::rows::host_value));
+            values.extend(host_values(row));
         }
     }
     Ok(DataSet {
@@ -73,7 +80,7 @@ pub fn client2_txt(path: &Path) -> anyhow::Result<DataSet> {
         let record = record?;
         let fields: Vec<&str> = record.iter().collect();
         if let Ok(row) = client2_invocations::row_from_text(&fields) {
-            values.extend(row.iter().map(mysimbdp::plugin_host::rows::host_value));
+            values.extend(host_values(row));
         }
     }
     Ok(DataSet {
@@ -94,7 +101,7 @@ pub fn client1_messages(messages: &[Vec<u8>]) -> anyhow::Result<DataSet> {
         let row = client1_readings::reading_from_json(&value)
             .and_then(|r| r.into_row())
             .map_err(anyhow::Error::msg)?;
-        values.extend(row.iter().map(mysimbdp::plugin_host::rows::host_value));
+        values.extend(host_values(row));
     }
     Ok(DataSet {
         file_bytes: bytes,

@@ -73,6 +73,21 @@ enum PluginCommand {
         /// (which tables loading it there would create or change, or why it would be refused).
         #[arg(long)]
         root: Option<PathBuf>,
+        /// Run the plugin on this sample without a platform (a file for a batch plugin, NDJSON
+        /// messages for a stream plugin) and print its first rows, its rejects with their
+        /// reasons and a summary; exit 1 if it fails on the sample as a whole.
+        #[arg(long, value_name = "INPUT")]
+        sample: Option<PathBuf>,
+    },
+    /// Write a new plugin crate that builds, passes its own test and `plugin check --sample`.
+    New {
+        /// The tenant.
+        tenant: String,
+        /// A file type (`csv`, `json`...) for a batch plugin, or `stream`.
+        kind: String,
+        /// Where to write it (default: a folder named as the crate, here).
+        #[arg(long)]
+        dir: Option<PathBuf>,
     },
 }
 
@@ -106,10 +121,19 @@ fn main() -> ExitCode {
             file,
             deployed_as,
             root,
+            sample,
         }) => match cli::plugin::run(&file, deployed_as.as_deref(), root.as_deref()) {
             Ok(report) => {
                 print!("{report}");
-                return if report.verdict.is_ok() {
+                let sample = match (&sample, &report.manifest, &report.verdict) {
+                    (Some(sample), Some(manifest), Ok(())) => {
+                        let outcome = mysimbdp::plugin_host::sample::run_sample(&file, manifest, sample);
+                        print!("{outcome}");
+                        outcome.result
+                    }
+                    _ => Ok(()),
+                };
+                return if report.verdict.is_ok() && sample.is_ok() {
                     ExitCode::SUCCESS
                 } else {
                     ExitCode::from(1)
@@ -117,6 +141,9 @@ fn main() -> ExitCode {
             }
             Err(e) => Err(e),
         },
+        Command::Plugin(PluginCommand::New { tenant, kind, dir }) => {
+            cli::new_plugin::run(&tenant, &kind, dir.as_deref())
+        }
         Command::Upload(args) => run_async(cli::upload::run(args)),
         Command::Stats(args) => run_async(cli::stats::run(args)),
         Command::Tenant(TenantCommand::Token { tenant }) => tenant_token(&tenant),

@@ -39,6 +39,19 @@ impl io::Read for Input {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TableId(pub u32);
 
+impl TableId {
+    /// The id of the table named `name` among `tables` (what the plugin's `tables()` returns):
+    /// how a stream plugin resolves its tables once, in `open`. For a typed row, use
+    /// [`Table::find`](crate::Table::find).
+    pub fn find(tables: &[TableSpec], name: &str) -> Result<TableId, PluginError> {
+        tables
+            .iter()
+            .position(|t| t.name.as_str() == name)
+            .map(|i| TableId(i as u32))
+            .ok_or_else(|| PluginError::internal(format!("no table named {name:?} is declared")))
+    }
+}
+
 struct PendingTable {
     name: RString,
     width: u32,
@@ -56,6 +69,8 @@ pub struct Output {
     tables: Vec<PendingTable>,
     rejected: RVec<RejectedRow>,
     rows_pushed: u64,
+    specs: Vec<TableSpec>,
+    scratch: Vec<Value>,
 }
 
 impl Output {
@@ -74,16 +89,27 @@ impl Output {
                 .collect(),
             rejected: RVec::new(),
             rows_pushed: 0,
+            specs: tables.to_vec(),
+            scratch: Vec::new(),
         }
+    }
+
+    /// The declared tables.
+    pub(crate) fn specs(&self) -> &[TableSpec] {
+        &self.specs
+    }
+
+    pub(crate) fn take_scratch(&mut self) -> Vec<Value> {
+        std::mem::take(&mut self.scratch)
+    }
+
+    pub(crate) fn return_scratch(&mut self, scratch: Vec<Value>) {
+        self.scratch = scratch;
     }
 
     /// The id of the table named `name`.
     pub fn table(&self, name: &str) -> Result<TableId, PluginError> {
-        self.tables
-            .iter()
-            .position(|t| t.name.as_str() == name)
-            .map(|i| TableId(i as u32))
-            .ok_or_else(|| PluginError::internal(format!("no table named {name:?} is declared")))
+        TableId::find(&self.specs, name)
     }
 
     /// Adds one row to `table`: one value per column, in declaration order.

@@ -38,27 +38,40 @@
 //! [`API_VERSION`] compiled into it (it must equal the platform's), and `abi_stable`'s type
 //! layout of the plugin interface. `mysimbdp plugin check` says whether your build passes both.
 //!
-//! **2. The tables.** Declare every table the plugin writes: columns with a [`ColumnType`],
-//! nullability, a partition key and a clustering key. Partition key + clustering key identify
-//! a row, and writing the same key twice keeps one row, so take the key from the data (a
-//! device id and a timestamp, not a counter): then a file ingested twice, or a retry after a
-//! crash, never duplicates a row.
+//! **2. The tables.** Declare each table once, as a row type, with [`row!`]: its columns are
+//! the struct's fields (the Rust type gives the column type, `Option` makes it nullable), in
+//! three groups: the partition key, the clustering key, the other columns. Partition key +
+//! clustering key identify a row, and writing the same key twice keeps one row, so take the
+//! key from the data (a device id and a timestamp, not a counter): then a file ingested twice,
+//! or a retry after a crash, never duplicates a row. Column types: `String` text, `i64` bigint,
+//! `i32` int (−2³¹..2³¹−1: parse into `i32` and reject what does not fit), `f64` double,
+//! `bool` boolean, [`Timestamp`] (**milliseconds** since the Unix epoch, UTC), `Vec<u8>` blob.
 //!
 //! **3. The code.** Implement [`BatchIngestApp`]: read the file from [`Input`] (a
-//! [`std::io::Read`]), push rows to [`Output`], and [`Output::reject`] records you cannot use,
-//! with their line number and reason. A rejected record fails only itself. The file's report
-//! counts `rows_total` = rows pushed + records rejected: a header or blank line you skip counts
-//! in neither. Values are stored as given (a `Double` may be NaN or infinite: reject such
-//! values yourself if they are not data).
+//! [`std::io::Read`]), push rows to [`Output`] with [`Output::push`] (a row goes only to its
+//! own table, with every field: a swapped, missing or mistyped column does not compile), and
+//! [`Output::reject`] records you cannot use, with their line number and reason. A rejected
+//! record fails only itself. The file's report counts `rows_total` = rows pushed + records
+//! rejected: a header or blank line you skip counts in neither. Values are stored as given (a
+//! `f64` may be NaN or infinite: reject such values yourself if they are not data).
 //!
-//! **4. Export it** with [`export_plugin!`].
+//! **4. Export it** with [`export_plugin!`]. When the crate is named like its plugin file, the
+//! macro checks at compile time that `TENANT` and `FILE_TYPES` say the same.
 //!
 //! ```
-//! use std::io::{BufRead, BufReader};
 //! use plugin_api::{
-//!     export_plugin, BatchIngestApp, ColumnType, FileInfo, Input, Output, PluginError, TableSpec,
-//!     Value,
+//!     BatchIngestApp, CappedLines, DEFAULT_MAX_LINE_BYTES, FileInfo, Input, Output, PluginError, Row, TableSpec,
+//!     Timestamp, export_plugin, row,
 //! };
+//!
+//! row! {
+//!     /// A row of `temperatures`.
+//!     pub struct Temperature in "temperatures" {
+//!         partition { sensor: String }
+//!         clustering { time: Timestamp }
+//!         columns { celsius: f64, note: Option<String> }
+//!     }
+//! }
 //!
 //! pub struct AcmeCsv;
 //!
@@ -67,52 +80,71 @@
 //!     const FILE_TYPES: &'static [&'static str] = &["csv"];
 //!
 //!     fn tables() -> Vec<TableSpec> {
-//!         vec![TableSpec::new("temperatures")
-//!             .column("sensor", ColumnType::Text)
-//!             .column("time", ColumnType::Timestamp)
-//!             .column("celsius", ColumnType::Double)
-//!             .partition_key(&["sensor"])
-//!             .clustering_key(&["time"])]
+//!         vec![Temperature::spec()]
 //!     }
 //!
 //!     fn ingest(_file: &FileInfo, input: &mut Input, out: &mut Output) -> Result<(), PluginError> {
-//!         let table = out.table("temperatures")?;
-//!         // Lines look like `sensor-1,1700000000000,71.6` (Fahrenheit). Read bytes, not
-//!         // `lines()`: that would fail the whole file on one line that is not UTF-8.
-//!         for (index, bytes) in BufReader::new(input).split(b'\n').enumerate() {
-//!             let bytes = bytes?; // an I/O error: the file cannot be read on
-//!             let number = index as u64 + 1;
-//!             let Ok(line) = std::str::from_utf8(&bytes) else {
-//!                 out.reject(number, "the line is not valid UTF-8", &String::from_utf8_lossy(&bytes))?;
-//!                 continue;
-//!             };
-//!             let line = line.trim_end_matches('\r'); // CRLF files
-//!             if line.is_empty() {
-//!                 continue;
+//!         let table = out.table_of::<Temperature>()?;
+//!         // Records look like `sensor-1,1700000000000,71.6,` (Fahrenheit, an optional note),
+//!         // after a header line. CappedLines rejects a line over 1 MiB instead of holding it.
+//!         let mut reader = csv::ReaderBuilder::new()
+//!             .flexible(true)
+//!             .from_reader(CappedLines::new(input, DEFAULT_MAX_LINE_BYTES));
+//!         let mut record = csv::StringRecord::new();
+//!         loop {
+//!             match reader.read_record(&mut record) {
+//!                 Ok(true) => {}
+//!                 Ok(false) => break,
+//!                 // A line that is not UTF-8 fails only itself.
+//!                 Err(e) if matches!(e.kind(), csv::ErrorKind::Utf8 { .. }) => {
+//!                     out.reject(e.position().map_or(0, |p| p.line()), "the line is not valid UTF-8", "")?;
+//!                     continue;
+//!                 }
+//!                 Err(e) => return Err(PluginError::invalid_input(format!("unreadable CSV: {e}"))),
 //!             }
-//!             let fields: Vec<&str> = line.split(',').collect();
-//!             let [sensor, time, fahrenheit] = fields[..] else {
-//!                 out.reject(number, format!("expected 3 fields, found {}", fields.len()), line)?;
+//!             reader.get_mut().reject_long_lines(out)?;
+//!             let line = record.position().map_or(0, |p| p.line());
+//!             let field = |i: usize| record.get(i).unwrap_or("").trim();
+//!             let (Ok(time), Ok(fahrenheit)) = (field(1).parse::<i64>(), field(2).parse::<f64>()) else {
+//!                 out.reject(line, "time or temperature is not a number", &record.iter().collect::<Vec<_>>().join(","))?;
 //!                 continue;
 //!             };
-//!             let (Ok(time), Ok(fahrenheit)) = (time.parse::<i64>(), fahrenheit.parse::<f64>()) else {
-//!                 out.reject(number, "time or temperature is not a number", line)?;
-//!                 continue;
+//!             let row = Temperature {
+//!                 sensor: field(0).to_string(),
+//!                 time: Timestamp(time),
+//!                 celsius: (fahrenheit - 32.0) * 5.0 / 9.0,
+//!                 note: Some(field(3)).filter(|n| !n.is_empty()).map(str::to_string),
 //!             };
-//!             let celsius = (fahrenheit - 32.0) * 5.0 / 9.0;
-//!             out.push_row(table, [sensor.into(), Value::Timestamp(time), celsius.into()])?;
+//!             out.push(table, row)?;
 //!         }
-//!         Ok(())
+//!         reader.get_mut().reject_long_lines(out)
 //!     }
 //! }
 //!
 //! export_plugin!(batch: AcmeCsv);
-//! # fn main() {}
+//!
+//! // 5. Test it in a plain `cargo test`, with the host's checks and no platform:
+//! let file = "sensor,time,fahrenheit,note\nsensor-1,1700000000000,71.6,\nsensor-1,soon,72.0,\n";
+//! let outcome = plugin_api::testing::run_batch::<AcmeCsv>("sample.csv", file.as_bytes());
+//! assert!(outcome.result.is_ok());
+//! assert_eq!(outcome.rows_of("temperatures").len(), 1);
+//! assert_eq!(outcome.rejected[0].position, 3);
 //! ```
 //!
+//! Tables whose columns are known only at run time keep the positional API:
+//! [`TableSpec::new`] with [`TableSpec::column`], [`Output::table`] and [`Output::push_row`]
+//! (one [`Value`] per column, in declaration order; the host rejects a row that does not fit).
+//!
+//! **Test it** with [`testing::run_batch`] / [`testing::run_stream`]: the plugin runs through
+//! the same entry points and checks as on the platform, and you get its rows, its rejects and
+//! its result. `mysimbdp plugin new <tenant> <type|stream>` writes a crate that starts here: a
+//! typed row, a `csv` reader, a reject path, a sample and its test.
+//!
 //! **5. Ship it.** `cargo build --release`, then `mysimbdp plugin check
-//! target/release/libclientbatchingestapp_acme_csv.so` prints the manifest, the tables and the
-//! verdict. The operator copies the file into the platform's `plugins/` folder; the platform
+//! target/release/libclientbatchingestapp_acme_csv.so --sample sample.csv` prints the
+//! manifest, the tables and the verdict, then runs the built plugin on the sample and shows its
+//! first rows, its rejects and a summary (`--as NAME` checks a build under the file name it
+//! will be deployed as). The operator copies the file into the platform's `plugins/` folder; the platform
 //! loads it within a second, and a later copy with new content replaces it without a
 //! restart: files already being ingested finish on the old version.
 //!
@@ -128,12 +160,14 @@
 //!
 //! 1. **Open.** [`StreamIngestApp::open`] once per instance, before its first batch; keep
 //!    per-instance state in `self`, never in globals (several instances of several tenants
-//!    run in one process). An error from `open` pauses the instance and it tries again later.
+//!    run in one process). Resolve your tables here, once: `Table::<MyRow>::find(&Self::tables())`
+//!    (or [`TableId::find`] for the positional API). An error from `open` pauses the instance
+//!    and it tries again later.
 //! 2. **Process.** [`StreamIngestApp::process`] with one batch: the messages of *one
 //!    partition*, in offset order: a poll takes at most `batch_messages` (platform config,
 //!    default 5,000) gathered for at most `batch_wait_ms` (default 50 ms), and is split by
 //!    partition. Calls to one value never
-//!    overlap. Push rows with [`Output::push_row`] and reject a message the plugin cannot use
+//!    overlap. Push rows with [`Output::push`] and reject a message the plugin cannot use
 //!    with [`Output::reject`] (position = [`Message::offset`]): it goes to the tenant's
 //!    rejected log with its partition, offset, reason and payload
 //!    (`GET /v1/tenants/{t}/stream/rejected`), and the batch goes on.
@@ -196,7 +230,9 @@ pub mod ffi;
 mod io;
 mod lines;
 mod schema;
+pub mod testing;
 pub mod time;
+pub mod typed;
 
 pub use abi_stable;
 pub use ffi::{
@@ -205,6 +241,7 @@ pub use ffi::{
 pub use io::{Input, MAX_REJECTED_RAW_BYTES, Output, TableId};
 pub use lines::{CappedLines, DEFAULT_MAX_LINE_BYTES, LongLine};
 pub use schema::{MAX_IDENTIFIER_LEN, RESERVED_TABLE_PREFIX, check_identifier};
+pub use typed::{ColumnValue, Row, Table, Timestamp};
 
 /// The version of the plugin ABI. The host loads only plugins built against exactly this
 /// version; bump it with every change to the [`ffi`] types.
@@ -312,6 +349,17 @@ macro_rules! export_plugin {
         $crate::export_plugin!(@batch $app, $version);
     };
     (@batch $app:ty, $version:expr) => {
+        const _: () = assert!(
+            $crate::typed::identity_agrees(
+                env!("CARGO_PKG_NAME"),
+                <$app as $crate::BatchIngestApp>::TENANT,
+                Some(<$app as $crate::BatchIngestApp>::FILE_TYPES),
+            ),
+            concat!(
+                "the crate is named ", env!("CARGO_PKG_NAME"),
+                ": its TENANT must be the tenant that name names, and its FILE_TYPES must hold the file type it names"
+            )
+        );
         const _: () = {
             extern "C" fn manifest() -> $crate::abi_stable::std_types::RResult<$crate::ffi::Manifest, $crate::PluginError> {
                 $crate::export::batch_manifest::<$app>(env!("CARGO_PKG_VERSION"), $version)
@@ -342,6 +390,13 @@ macro_rules! export_plugin {
         };
     };
     (@stream $app:ty, $version:expr) => {
+        const _: () = assert!(
+            $crate::typed::identity_agrees(env!("CARGO_PKG_NAME"), <$app as $crate::StreamIngestApp>::TENANT, None),
+            concat!(
+                "the crate is named ", env!("CARGO_PKG_NAME"),
+                ": its TENANT must be the tenant that name names"
+            )
+        );
         const _: () = {
             extern "C" fn manifest() -> $crate::abi_stable::std_types::RResult<$crate::ffi::Manifest, $crate::PluginError> {
                 $crate::export::stream_manifest::<$app>(env!("CARGO_PKG_VERSION"), $version)

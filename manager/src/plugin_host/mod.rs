@@ -21,6 +21,7 @@ pub mod naming;
 pub mod preflight;
 mod reconcile;
 pub mod rows;
+pub mod sample;
 pub mod status;
 pub mod version;
 

@@ -141,6 +141,54 @@ mod tests {
     }
 
     #[test]
+    fn rows_are_checked_as_the_sdks_test_harness_checks_them() {
+        use plugin_api::{ColumnType as T, Value as V};
+        let spec = plugin_api::TableSpec::new("t")
+            .column("k", T::BigInt)
+            .nullable_column("v", T::Text)
+            .column("at", T::Timestamp)
+            .partition_key(&["k"]);
+        let manifest = plugin_api::ffi::Manifest {
+            tenant: "lab".into(),
+            kind: plugin_api::PluginKind::Batch,
+            file_types: RVec::from(vec!["csv".into()]),
+            api_version: plugin_api::API_VERSION,
+            plugin_version: "1.0.0".into(),
+            tables: RVec::from(vec![spec.clone()]),
+        };
+        let host_table = Arc::new(
+            crate::plugin_host::manifest::convert_manifest(&manifest)
+                .unwrap()
+                .tables
+                .remove(0),
+        );
+        let rows = [
+            vec![V::BigInt(1), V::Null, V::Timestamp(5)],
+            vec![V::BigInt(1), V::text("x"), V::BigInt(5)],
+            vec![V::Null, V::text("x"), V::Timestamp(5)],
+            vec![V::Int(1), V::text("x"), V::Timestamp(5)],
+            vec![V::BigInt(1), V::Boolean(true), V::Timestamp(5)],
+            vec![V::BigInt(1), V::text("x"), V::Null],
+        ];
+        for row in rows {
+            let batch = RowBatch {
+                table: 0,
+                width: 3,
+                values: RVec::from(row.clone()),
+                rejected: RVec::new(),
+            };
+            let host = convert_batch(&batch, std::slice::from_ref(&host_table)).unwrap();
+            let host_verdict = match host.rejected.first() {
+                None => Ok(()),
+                Some(r) => Err(r.reason.clone()),
+            };
+            let sdk_verdict = plugin_api::testing::check_row(&spec, &row)
+                .map_err(|reason| format!("the plugin produced a row that does not fit table t: {reason}"));
+            assert_eq!(host_verdict, sdk_verdict, "{row:?}");
+        }
+    }
+
+    #[test]
     fn a_batch_for_an_undeclared_table_is_an_error() {
         let batch = RowBatch {
             table: 3,

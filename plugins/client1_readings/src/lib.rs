@@ -16,7 +16,7 @@
 //!   with the reason, and the rest of the input goes on.
 
 use plugin_api::time::{date_of_millis, parse_iso8601_millis};
-use plugin_api::{ColumnType, Output, PluginError, TableId, TableSpec, Value};
+use plugin_api::{Output, PluginError, Row, Table, TableSpec, Timestamp, row};
 
 /// The tenant.
 pub const TENANT: &str = "client1";
@@ -36,24 +36,47 @@ pub const KEYS: [&str; 11] = [
     "dev-id",
 ];
 
+row! {
+    /// A row of `readings`, the table every client1 plugin writes.
+    pub struct ReadingRow in "readings" {
+        partition {
+            /// The tag's id, lower case.
+            dev_id: String,
+            /// `YYYY-MM-DD` (UTC) of `time`.
+            day: String,
+        }
+        clustering {
+            /// When the tag measured.
+            time: Timestamp,
+        }
+        columns {
+            /// Magnitude recomputed from the components, g.
+            acceleration_g: f64,
+            /// g.
+            acceleration_x_g: f64,
+            /// g.
+            acceleration_y_g: f64,
+            /// g.
+            acceleration_z_g: f64,
+            /// The magnitude is more than 0.05 g away from 1 g.
+            moving: bool,
+            /// Volts.
+            battery_v: f64,
+            /// Under 2.8 V.
+            battery_low: bool,
+            /// Percent, if measured.
+            humidity_pct: Option<f64>,
+            /// hPa, if measured.
+            pressure_hpa: Option<f64>,
+            /// °C, if measured.
+            temperature_c: Option<f64>,
+        }
+    }
+}
+
 /// The table every client1 plugin writes.
 pub fn readings_table() -> TableSpec {
-    TableSpec::new("readings")
-        .column("dev_id", ColumnType::Text)
-        .column("day", ColumnType::Text)
-        .column("time", ColumnType::Timestamp)
-        .column("acceleration_g", ColumnType::Double)
-        .column("acceleration_x_g", ColumnType::Double)
-        .column("acceleration_y_g", ColumnType::Double)
-        .column("acceleration_z_g", ColumnType::Double)
-        .column("moving", ColumnType::Boolean)
-        .column("battery_v", ColumnType::Double)
-        .column("battery_low", ColumnType::Boolean)
-        .nullable_column("humidity_pct", ColumnType::Double)
-        .nullable_column("pressure_hpa", ColumnType::Double)
-        .nullable_column("temperature_c", ColumnType::Double)
-        .partition_key(&["dev_id", "day"])
-        .clustering_key(&["time"])
+    ReadingRow::spec()
 }
 
 /// One reading as it arrives, before checks and wrangling.
@@ -79,7 +102,7 @@ pub struct Reading<'a> {
 
 impl Reading<'_> {
     /// Checks the reading and turns it into a `readings` row.
-    pub fn into_row(self) -> Result<[Value; 13], String> {
+    pub fn into_row(self) -> Result<ReadingRow, String> {
         if self.dev_id.trim().is_empty() {
             return Err("dev-id is empty".into());
         }
@@ -104,21 +127,21 @@ impl Reading<'_> {
         let [x, y, z] = self.acceleration_mg.map(|mg| mg / 1000.0);
         let magnitude = (x * x + y * y + z * z).sqrt();
         let battery_v = self.battery_mv / 1000.0;
-        Ok([
-            Value::from(self.dev_id.trim().to_ascii_lowercase()),
-            Value::from(date_of_millis(self.time_ms)),
-            Value::Timestamp(self.time_ms),
-            magnitude.into(),
-            x.into(),
-            y.into(),
-            z.into(),
-            ((magnitude - 1.0).abs() > 0.05).into(),
-            battery_v.into(),
-            (battery_v < 2.8).into(),
-            self.humidity_pct.into(),
-            self.pressure_hpa.into(),
-            self.temperature_c.into(),
-        ])
+        Ok(ReadingRow {
+            dev_id: self.dev_id.trim().to_ascii_lowercase(),
+            day: date_of_millis(self.time_ms),
+            time: Timestamp(self.time_ms),
+            acceleration_g: magnitude,
+            acceleration_x_g: x,
+            acceleration_y_g: y,
+            acceleration_z_g: z,
+            moving: (magnitude - 1.0).abs() > 0.05,
+            battery_v,
+            battery_low: battery_v < 2.8,
+            humidity_pct: self.humidity_pct,
+            pressure_hpa: self.pressure_hpa,
+            temperature_c: self.temperature_c,
+        })
     }
 }
 
@@ -227,13 +250,13 @@ pub fn reading_from_json(value: &serde_json::Value) -> Result<Reading<'_>, Strin
 /// Pushes a reading from a JSON object, or rejects it at `position` with the reason.
 pub fn push_json(
     out: &mut Output,
-    table: TableId,
+    table: Table<ReadingRow>,
     position: u64,
     value: &serde_json::Value,
     raw: &str,
 ) -> Result<(), PluginError> {
     match reading_from_json(value).and_then(Reading::into_row) {
-        Ok(row) => out.push_row(table, row),
+        Ok(row) => out.push(table, row),
         Err(reason) => out.reject(position, reason, raw),
     }
 }
@@ -274,13 +297,12 @@ mod tests {
     #[test]
     fn a_reading_is_wrangled_into_a_row() {
         let row = columns().reading(|i| LINE.get(i).copied()).unwrap().into_row().unwrap();
-        assert_eq!(row[0], Value::text("ea:1f:45:6a:f8:0d"));
-        assert_eq!(row[1], Value::text("2018-10-31"));
-        assert_eq!(row[2], Value::Timestamp(1_541_023_215_496));
-        assert_eq!(row[8], Value::Double(2.881));
-        assert_eq!(row[12], Value::Double(22.62));
+        assert_eq!(row.dev_id, "ea:1f:45:6a:f8:0d");
+        assert_eq!(row.day, "2018-10-31");
+        assert_eq!(row.time, Timestamp(1_541_023_215_496));
+        assert_eq!(row.battery_v, 2.881);
+        assert_eq!(row.temperature_c, Some(22.62));
         assert!(readings_table().validate().is_ok());
-        assert_eq!(readings_table().columns.len(), row.len());
     }
 
     #[test]
@@ -316,9 +338,9 @@ mod tests {
         )
         .unwrap();
         let row = reading_from_json(&v).unwrap().into_row().unwrap();
-        assert_eq!(row[10], Value::Null);
-        assert_eq!(row[7], Value::Boolean(false));
-        assert_eq!(row[9], Value::Boolean(true));
+        assert_eq!(row.humidity_pct, None);
+        assert!(!row.moving);
+        assert!(row.battery_low);
         let err = reading_from_json(&serde_json::json!({"time": "x"})).unwrap_err();
         assert!(err.contains("time"));
     }

@@ -13,7 +13,7 @@
 //!   before the trace did (a trace cut out of a longer log always has such calls): its
 //!   `start_time` is then before [`TRACE_START_MS`], and it is stored like any other.
 
-use plugin_api::{ColumnType, Output, PluginError, TableId, TableSpec, Value};
+use plugin_api::{Output, PluginError, Row, Table, TableSpec, Timestamp, row};
 
 /// The tenant.
 pub const TENANT: &str = "client2";
@@ -24,19 +24,37 @@ pub const TRACE_START_MS: i64 = 1_612_051_200_000;
 /// The input keys, in the order of the header.
 pub const KEYS: [&str; 4] = ["app", "func", "end_timestamp", "duration"];
 
+row! {
+    /// A row of `invocations`, the table every client2 plugin writes.
+    pub struct Invocation in "invocations" {
+        partition {
+            /// The hashed application id, lower case.
+            app: String,
+            /// Hours since the trace's start (at most 596,523 fit an `Int`).
+            hour: i32,
+        }
+        clustering {
+            /// The hashed function id, lower case.
+            func: String,
+            /// The end, microseconds since the trace's start.
+            end_us: i64,
+        }
+        columns {
+            /// When the invocation began (milliseconds; before the trace for some).
+            start_time: Timestamp,
+            /// When it ended.
+            end_time: Timestamp,
+            /// How long it ran.
+            duration_ms: f64,
+            /// Over one second.
+            slow: bool,
+        }
+    }
+}
+
 /// The table every client2 plugin writes.
 pub fn invocations_table() -> TableSpec {
-    TableSpec::new("invocations")
-        .column("app", ColumnType::Text)
-        .column("hour", ColumnType::Int)
-        .column("func", ColumnType::Text)
-        .column("end_us", ColumnType::BigInt)
-        .column("start_time", ColumnType::Timestamp)
-        .column("end_time", ColumnType::Timestamp)
-        .column("duration_ms", ColumnType::Double)
-        .column("slow", ColumnType::Boolean)
-        .partition_key(&["app", "hour"])
-        .clustering_key(&["func", "end_us"])
+    Invocation::spec()
 }
 
 /// Parses `12.345678` seconds into microseconds, exactly.
@@ -59,7 +77,7 @@ pub fn parse_seconds_as_micros(text: &str) -> Result<i64, String> {
 }
 
 /// Checks a record and turns it into an `invocations` row.
-pub fn row(app: &str, func: &str, end_us: i64, duration_us: i64) -> Result<[Value; 8], String> {
+pub fn row(app: &str, func: &str, end_us: i64, duration_us: i64) -> Result<Invocation, String> {
     for (name, id) in [("app", app), ("func", func)] {
         if id.is_empty() || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err(format!("{name}: {id:?} is not a hashed (hex) id"));
@@ -71,20 +89,22 @@ pub fn row(app: &str, func: &str, end_us: i64, duration_us: i64) -> Result<[Valu
     let end_ms = TRACE_START_MS + end_us / 1000;
     // Whole milliseconds, rounded down also before the trace's start (negative offsets).
     let start_ms = TRACE_START_MS + (end_us - duration_us).div_euclid(1000);
-    Ok([
-        Value::from(app.to_ascii_lowercase()),
-        Value::Int((end_us / 3_600_000_000) as i32),
-        Value::from(func.to_ascii_lowercase()),
-        Value::BigInt(end_us),
-        Value::Timestamp(start_ms),
-        Value::Timestamp(end_ms),
-        Value::Double(duration_us as f64 / 1000.0),
-        Value::Boolean(duration_us > 1_000_000),
-    ])
+    let hour =
+        i32::try_from(end_us / 3_600_000_000).map_err(|_| "end_timestamp is too far into the trace".to_string())?;
+    Ok(Invocation {
+        app: app.to_ascii_lowercase(),
+        hour,
+        func: func.to_ascii_lowercase(),
+        end_us,
+        start_time: Timestamp(start_ms),
+        end_time: Timestamp(end_ms),
+        duration_ms: duration_us as f64 / 1000.0,
+        slow: duration_us > 1_000_000,
+    })
 }
 
 /// Checks a record given as text fields.
-pub fn row_from_text(fields: &[&str]) -> Result<[Value; 8], String> {
+pub fn row_from_text(fields: &[&str]) -> Result<Invocation, String> {
     let [app, func, end, duration] = fields else {
         return Err(format!(
             "expected 4 fields ({}), found {}",
@@ -98,17 +118,17 @@ pub fn row_from_text(fields: &[&str]) -> Result<[Value; 8], String> {
 }
 
 /// Pushes a record given as a JSON object, or rejects it at `position` with the reason.
-pub fn push_json(out: &mut Output, table: TableId, position: u64, raw: &str) -> Result<(), PluginError> {
+pub fn push_json(out: &mut Output, table: Table<Invocation>, position: u64, raw: &str) -> Result<(), PluginError> {
     let outcome = serde_json::from_str::<serde_json::Value>(raw)
         .map_err(|e| format!("not valid JSON: {e}"))
         .and_then(|value| row_from_json(&value));
     match outcome {
-        Ok(row) => out.push_row(table, row),
+        Ok(row) => out.push(table, row),
         Err(reason) => out.reject(position, reason, raw),
     }
 }
 
-fn row_from_json(value: &serde_json::Value) -> Result<[Value; 8], String> {
+fn row_from_json(value: &serde_json::Value) -> Result<Invocation, String> {
     let object = value.as_object().ok_or("expected a JSON object")?;
     let text = |key: &str| {
         object
@@ -153,12 +173,12 @@ mod tests {
     #[test]
     fn a_record_is_wrangled_into_a_row() {
         let row = row_from_text(&[APP, "AB12", "3600.5", "2.25"]).unwrap();
-        assert_eq!(row[1], Value::Int(1));
-        assert_eq!(row[2], Value::text("ab12"));
-        assert_eq!(row[3], Value::BigInt(3_600_500_000));
-        assert_eq!(row[4], Value::Timestamp(TRACE_START_MS + 3_598_250));
-        assert_eq!(row[6], Value::Double(2250.0));
-        assert_eq!(row[7], Value::Boolean(true));
+        assert_eq!(row.hour, 1);
+        assert_eq!(row.func, "ab12");
+        assert_eq!(row.end_us, 3_600_500_000);
+        assert_eq!(row.start_time, Timestamp(TRACE_START_MS + 3_598_250));
+        assert_eq!(row.duration_ms, 2250.0);
+        assert!(row.slow);
         assert!(invocations_table().validate().is_ok());
     }
 
@@ -166,9 +186,9 @@ mod tests {
     fn an_invocation_that_began_before_the_trace_is_stored_with_its_real_start() {
         // Ended 1 s into the trace after running for 2.0005 s: began 1.0005 s before it.
         let row = row_from_text(&[APP, "ab", "1", "2.0005"]).unwrap();
-        assert_eq!(row[4], Value::Timestamp(TRACE_START_MS - 1001));
-        assert_eq!(row[5], Value::Timestamp(TRACE_START_MS + 1000));
-        assert_eq!(row[6], Value::Double(2000.5));
+        assert_eq!(row.start_time, Timestamp(TRACE_START_MS - 1001));
+        assert_eq!(row.end_time, Timestamp(TRACE_START_MS + 1000));
+        assert_eq!(row.duration_ms, 2000.5);
     }
 
     #[test]

@@ -7,9 +7,9 @@ use std::cell::Cell;
 use std::io::{BufRead, BufReader, Read};
 use std::rc::Rc;
 
-use client1_readings::{TENANT, push_json, readings_table};
+use client1_readings::{ReadingRow, TENANT, push_json, readings_table};
 use plugin_api::{
-    BatchIngestApp, CappedLines, DEFAULT_MAX_LINE_BYTES, FileInfo, Input, Output, PluginError, TableId, TableSpec,
+    BatchIngestApp, CappedLines, DEFAULT_MAX_LINE_BYTES, FileInfo, Input, Output, PluginError, Table, TableSpec,
     export_plugin,
 };
 use serde::de::{DeserializeSeed, Deserializer, SeqAccess, Visitor};
@@ -26,7 +26,7 @@ impl BatchIngestApp for Client1Json {
     }
 
     fn ingest(_file: &FileInfo, input: &mut Input, out: &mut Output) -> Result<(), PluginError> {
-        let table = out.table("readings")?;
+        let table = out.table_of::<ReadingRow>()?;
         let mut reader = BufReader::with_capacity(256 * 1024, input);
         let first = loop {
             let buffer = reader.fill_buf()?;
@@ -49,7 +49,7 @@ impl BatchIngestApp for Client1Json {
     }
 }
 
-fn ingest_lines(reader: impl BufRead, table: TableId, out: &mut Output) -> Result<(), PluginError> {
+fn ingest_lines(reader: impl BufRead, table: Table<ReadingRow>, out: &mut Output) -> Result<(), PluginError> {
     // A line longer than the cap is rejected, not held in memory.
     let mut lines = BufReader::new(CappedLines::new(reader, DEFAULT_MAX_LINE_BYTES));
     let mut line = Vec::new();
@@ -74,7 +74,7 @@ fn ingest_lines(reader: impl BufRead, table: TableId, out: &mut Output) -> Resul
     lines.get_mut().reject_long_lines(out)
 }
 
-fn ingest_array(reader: impl Read, table: TableId, out: &mut Output) -> Result<(), PluginError> {
+fn ingest_array(reader: impl Read, table: Table<ReadingRow>, out: &mut Output) -> Result<(), PluginError> {
     let budget = Rc::new(Cell::new(0u64));
     let reader = ElementBudget {
         inner: reader,
@@ -98,7 +98,7 @@ fn ingest_array(reader: impl Read, table: TableId, out: &mut Output) -> Result<(
 }
 
 struct ArrayVisitor<'o> {
-    table: TableId,
+    table: Table<ReadingRow>,
     out: &'o mut Output,
     failure: &'o mut Option<PluginError>,
     budget: &'o Cell<u64>,

@@ -2,7 +2,7 @@
 //! `app,func,end_timestamp,duration` with that header line. The wrangling is in
 //! `client2_invocations`.
 
-use client2_invocations::{KEYS, TENANT, invocations_table, row_from_text};
+use client2_invocations::{Invocation, KEYS, TENANT, invocations_table, row_from_text};
 use plugin_api::{
     BatchIngestApp, CappedLines, DEFAULT_MAX_LINE_BYTES, FileInfo, Input, Output, PluginError, TableSpec, export_plugin,
 };
@@ -19,7 +19,7 @@ impl BatchIngestApp for Client2Txt {
     }
 
     fn ingest(_file: &FileInfo, input: &mut Input, out: &mut Output) -> Result<(), PluginError> {
-        let table = out.table("invocations")?;
+        let table = out.table_of::<Invocation>()?;
         let mut reader = csv::ReaderBuilder::new()
             .has_headers(false)
             .flexible(true)
@@ -52,7 +52,7 @@ impl BatchIngestApp for Client2Txt {
                 Err(_) => Err("the line is not valid UTF-8".to_string()),
             };
             match outcome {
-                Ok(row) => out.push_row(table, row)?,
+                Ok(row) => out.push(table, row)?,
                 Err(reason) => {
                     let raw: Vec<String> = record.iter().map(|f| String::from_utf8_lossy(f).into_owned()).collect();
                     out.reject(line, reason, &raw.join(","))?;

@@ -2,12 +2,12 @@
 //! `{"app", "func", "end_timestamp", "duration"}` (seconds as numbers or decimal strings). The
 //! wrangling is in `client2_invocations`.
 
-use client2_invocations::{TENANT, invocations_table, push_json};
-use plugin_api::{Message, Output, PluginError, StreamInfo, StreamIngestApp, TableId, TableSpec, export_plugin};
+use client2_invocations::{Invocation, TENANT, invocations_table, push_json};
+use plugin_api::{Message, Output, PluginError, StreamInfo, StreamIngestApp, Table, TableSpec, export_plugin};
 
 /// One instance.
 pub struct Client2Stream {
-    table: TableId,
+    table: Table<Invocation>,
 }
 
 impl StreamIngestApp for Client2Stream {
@@ -18,7 +18,9 @@ impl StreamIngestApp for Client2Stream {
     }
 
     fn open(_info: &StreamInfo) -> Result<Self, PluginError> {
-        Ok(Client2Stream { table: TableId(0) })
+        Ok(Client2Stream {
+            table: Table::find(&Self::tables())?,
+        })
     }
 
     fn process(&mut self, messages: &[Message<'_>], out: &mut Output) -> Result<(), PluginError> {
