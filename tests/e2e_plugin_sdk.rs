@@ -26,6 +26,12 @@ fn text(output: &Output) -> String {
     )
 }
 
+/// `mysimbdp plugin check LIBRARY --sample SAMPLE`.
+fn check_sample(library: &Path, sample: &Path) -> Output {
+    let (library, sample) = (library.to_str().unwrap(), sample.to_str().unwrap());
+    mysimbdp(&["plugin", "check", library, "--sample", sample])
+}
+
 /// Runs cargo in `dir` (a debug build: a tenant's first build, and the quickest) with a target
 /// folder beside the workspace's, so the dependencies are built once.
 fn cargo(dir: &Path, args: &[&str]) -> Output {
@@ -70,13 +76,7 @@ fn a_crate_from_plugin_new_tests_builds_checks_its_sample_and_ingests_through_th
     // A batch plugin.
     let (dir, library) = new_crate(root.path(), "acme", "csv");
     let sample = dir.join("sample.csv");
-    let checked = mysimbdp(&[
-        "plugin",
-        "check",
-        library.to_str().unwrap(),
-        "--sample",
-        sample.to_str().unwrap(),
-    ]);
+    let checked = check_sample(&library, &sample);
     let shown = text(&checked);
     assert!(checked.status.success(), "{shown}");
     assert!(shown.contains("OK: this platform loads it"), "{shown}");
@@ -108,13 +108,7 @@ fn a_crate_from_plugin_new_tests_builds_checks_its_sample_and_ingests_through_th
     // A stream plugin, checked on NDJSON messages and fed over the message API.
     let (dir, library) = new_crate(root.path(), "beta", "stream");
     let sample = dir.join("sample.ndjson");
-    let checked = mysimbdp(&[
-        "plugin",
-        "check",
-        library.to_str().unwrap(),
-        "--sample",
-        sample.to_str().unwrap(),
-    ]);
+    let checked = check_sample(&library, &sample);
     let shown = text(&checked);
     assert!(checked.status.success(), "{shown}");
     assert!(shown.contains("sample:      3 messages of"), "{shown}");
@@ -189,13 +183,7 @@ fn plugin_check_sample_runs_an_example_plugin_and_shows_rows_nulls_and_rejects()
          1541023216496,2018-10-31T22:00:16.496000Z,1031.07,-12,4,1032,2881,29.5,1002.44,hot,EA:1F:45:6A:F8:0D\n",
     )
     .unwrap();
-    let checked = mysimbdp(&[
-        "plugin",
-        "check",
-        library.to_str().unwrap(),
-        "--sample",
-        sample.to_str().unwrap(),
-    ]);
+    let checked = check_sample(&library, &sample);
     let shown = text(&checked);
     assert!(checked.status.success(), "{shown}");
     assert!(shown.contains("rows of readings (the first 1 of 1)"), "{shown}");
@@ -205,13 +193,7 @@ fn plugin_check_sample_runs_an_example_plugin_and_shows_rows_nulls_and_rejects()
     assert!(shown.contains("gave 1 rows for readings, 1 rejected; ok"), "{shown}");
     // A file the plugin refuses as a whole: the check says so and exits 1.
     std::fs::write(&sample, "no header here\n").unwrap();
-    let refused = mysimbdp(&[
-        "plugin",
-        "check",
-        library.to_str().unwrap(),
-        "--sample",
-        sample.to_str().unwrap(),
-    ]);
+    let refused = check_sample(&library, &sample);
     assert_eq!(refused.status.code(), Some(1), "{}", text(&refused));
     assert!(
         text(&refused).contains("FAILED: the plugin failed on the file"),

@@ -79,11 +79,9 @@ pub fn write_crate(tenant: &str, kind: &str, dir: Option<&Path>) -> anyhow::Resu
             .replace("{{tenant}}", tenant)
             .replace("{{type}}", kind)
             .replace("{{delimiter}}", if kind == "tsv" { "\\t" } else { "," })
+            .replace("{{reader}}", if stream { "serde_json" } else { "csv" })
     };
-    files.push((
-        "Cargo.toml".into(),
-        fill(if stream { STREAM_CARGO } else { BATCH_CARGO }),
-    ));
+    files.push(("Cargo.toml".into(), fill(CARGO)));
     files.push(("src/lib.rs".into(), fill(if stream { STREAM_LIB } else { BATCH_LIB })));
     if stream {
         files.push(("sample.ndjson".into(), STREAM_SAMPLE.into()));
@@ -106,7 +104,7 @@ pub fn write_crate(tenant: &str, kind: &str, dir: Option<&Path>) -> anyhow::Resu
     Ok(dir)
 }
 
-const BATCH_CARGO: &str = r#"[package]
+const CARGO: &str = r#"[package]
 name = "{{crate}}"
 version = "0.1.0"                     # shown in reports as the plugin version
 edition = "2024"
@@ -117,24 +115,7 @@ crate-type = ["cdylib", "rlib"]       # cdylib: the plugin; rlib: its tests
 [dependencies]
 # A copy of the platform's plugin-api: replace it with the copy of the release you deploy to.
 plugin-api = { path = "plugin-api" }
-csv = "1"
-
-# A crate of its own, even inside another cargo workspace.
-[workspace]
-"#;
-
-const STREAM_CARGO: &str = r#"[package]
-name = "{{crate}}"
-version = "0.1.0"                     # shown in reports as the plugin version
-edition = "2024"
-
-[lib]
-crate-type = ["cdylib", "rlib"]       # cdylib: the plugin; rlib: its tests
-
-[dependencies]
-# A copy of the platform's plugin-api: replace it with the copy of the release you deploy to.
-plugin-api = { path = "plugin-api" }
-serde_json = "1"
+{{reader}} = "1"
 
 # A crate of its own, even inside another cargo workspace.
 [workspace]

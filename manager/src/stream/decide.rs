@@ -120,7 +120,24 @@ impl StreamManager {
         };
         let (action, reason) = match (note.signal, note.event) {
             (signal, Event::Fired) if signal.wants_more_instances() => {
-                if before >= ceiling {
+                let cooldown = self.ctx.monitor.cooldown_seconds;
+                let since = self
+                    .scaled_out
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .get(&tenant)
+                    .map(|at| unix_now() - at);
+                if let Some(since) = since.filter(|s| *s < cooldown) {
+                    // Several conditions often cross together (lag, and the rate while it
+                    // waits): one step, then the new instance gets the cooldown to take effect.
+                    (
+                        Action::None,
+                        format!(
+                            "{} is past its limit, but the tenant scaled out {since:.0} s ago: the new instance has {cooldown:.0} s (cooldown_seconds) to take effect",
+                            crossed.name
+                        ),
+                    )
+                } else if before >= ceiling {
                     if before > 0 {
                         // At the ceiling: say so once per firing, and do nothing.
                         (
@@ -169,6 +186,10 @@ impl StreamManager {
             ),
             _ => return,
         };
+        if action == Action::ScaleOut {
+            let mut scaled_out = self.scaled_out.lock().unwrap_or_else(|e| e.into_inner());
+            scaled_out.insert(tenant.clone(), unix_now());
+        }
         let outcome = match action {
             Action::ScaleOut if autoscale => self.start_instance(&tenant).map(|_| ()),
             Action::ScaleIn if autoscale => self.stop_newest(&tenant).await,
@@ -232,7 +253,13 @@ impl StreamManager {
                 }
                 woken.insert(tenant.clone(), now);
             }
-            autoscale && self.start_instance(tenant).is_ok()
+            let started = autoscale && self.start_instance(tenant).is_ok();
+            if started {
+                // The woken instance gets the cooldown before more are started for its lag.
+                let mut scaled_out = self.scaled_out.lock().unwrap_or_else(|e| e.into_inner());
+                scaled_out.insert(tenant.clone(), now);
+            }
+            started
         };
         let decision = Decision {
             time: unix_now(),

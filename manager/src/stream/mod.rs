@@ -224,6 +224,8 @@ pub struct StreamManager {
     reports: tokio::sync::mpsc::Sender<InstanceReport>,
     /// When a tenant with automatic scaling off last had a wake recorded.
     woken: Mutex<std::collections::HashMap<TenantId, f64>>,
+    /// When each tenant last scaled out (or would have, with automatic scaling off).
+    scaled_out: Mutex<std::collections::HashMap<TenantId, f64>>,
 }
 
 /// Reports (and notifications) waiting for the monitor (and the manager), at most.
@@ -268,6 +270,7 @@ impl StreamManager {
             supervisor: Mutex::default(),
             reports,
             woken: Mutex::default(),
+            scaled_out: Mutex::default(),
         });
         tokio::spawn(Arc::clone(&manager).act_on(notifications));
         let supervising = Arc::clone(&manager);
