@@ -90,9 +90,21 @@ fn lag_from_a_slow_plugin_scales_out_the_lag_drains_and_idle_scales_back_in_each
         post(&platform, &slow_messages(0..2000, 3));
 
         let out = wait_for_decision(&platform, "scale_out", 0, Duration::from_secs(30));
-        assert_eq!(out["threshold"]["name"], "max_lag", "{out}");
-        assert_eq!(out["threshold"]["limit"], 300.0, "{out}");
-        assert!(out["threshold"]["value"].as_f64().unwrap() > 300.0, "{out}");
+        // The lag over its limit, or the rate under its limit while the lag waits: whichever
+        // held its window first (on Kafka a poll takes all 2,000 at once, and nothing is
+        // committed for seconds).
+        let threshold = &out["threshold"];
+        match threshold["name"].as_str() {
+            Some("max_lag") => {
+                assert_eq!(threshold["limit"], 300.0, "{out}");
+                assert!(threshold["value"].as_f64().unwrap() > 300.0, "{out}");
+            }
+            Some("min_messages_per_second") => {
+                assert_eq!(threshold["limit"], 100.0, "{out}");
+                assert!(threshold["value"].as_f64().unwrap() < 100.0, "{out}");
+            }
+            _ => panic!("scaled out for another reason: {out}"),
+        }
         assert!(out["observed"]["lag"].as_u64().unwrap() > 300, "{out}");
         assert!(out["threshold"]["held_seconds"].as_f64().unwrap() >= 1.5, "{out}");
         assert_eq!(
@@ -127,9 +139,10 @@ fn lag_from_a_slow_plugin_scales_out_the_lag_drains_and_idle_scales_back_in_each
             "nothing more to decide at the minimum"
         );
         assert!(
-            platform
-                .log()
-                .contains("stream decision tenant=lab threshold=max_lag event=Fired limit=300"),
+            platform.log().contains(&format!(
+                "stream decision tenant=lab threshold={} event=Fired",
+                threshold["name"].as_str().unwrap()
+            )),
             "one structured line per decision"
         );
         // What the decisions are based on is visible too: the reports, the stats, /metrics.

@@ -55,7 +55,13 @@ pub struct BrokerWatch {
 impl rdkafka::client::ClientContext for BrokerWatch {
     fn error(&self, error: KafkaError, reason: &str) {
         if error.rdkafka_error_code() == Some(RDKafkaErrorCode::AllBrokersDown) {
-            if self.down_since_ms.swap(super::now_ms(), Ordering::Relaxed) == 0 {
+            // The first report starts the clock; librdkafka repeats the error at every failed
+            // reconnect, and restarting the clock then would keep it under DOWN_WAIT for ever.
+            let first = self
+                .down_since_ms
+                .compare_exchange(0, super::now_ms().max(1), Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok();
+            if first {
                 log::warn!("kafka queue: every broker is down ({reason}); produce calls fail fast until one answers");
             }
         } else {
