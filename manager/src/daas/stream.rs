@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use super::routes::PathParams;
 use super::{ApiError, ApiState, Refusal, auth, json_of, limit_param, query};
-use crate::report::StreamLog;
+use crate::report::{ReportStore, StreamLog};
 use crate::stream::{InstanceView, StreamError};
 use crate::tenants::TenantId;
 
@@ -94,20 +94,34 @@ pub(super) async fn rejected(
     request: &Request<Incoming>,
     path: &PathParams,
 ) -> Result<Response<Full<Bytes>>, ApiError> {
+    let rows = paged(state, request, path, |reports, tenant, page, limit| {
+        reports.stream_rejected(tenant, page, limit)
+    })
+    .await?;
+    Ok(json_of(StatusCode::OK, &rows))
+}
+
+/// One page of a tenant's log (tenant or admin, `?limit=N&page=P`), read off the async workers;
+/// a malformed page token is a 400.
+async fn paged<T: Send + 'static>(
+    state: &ApiState,
+    request: &Request<Incoming>,
+    path: &PathParams,
+    read: impl FnOnce(&ReportStore, &TenantId, Option<&str>, usize) -> std::io::Result<T> + Send + 'static,
+) -> Result<T, ApiError> {
     let tenants = state.tenants.current();
     let tenant = auth::tenant_or_admin(&tenants, state.admin_token.as_ref(), request.headers(), &path.tenant)?;
     let params = query(request);
     let limit = limit_param(&params, 100, 1000)?;
     let page = params.get("page").cloned();
     let reports = std::sync::Arc::clone(&state.reports);
-    let rows = tokio::task::spawn_blocking(move || reports.stream_rejected(&tenant, page.as_deref(), limit))
+    tokio::task::spawn_blocking(move || read(&reports, &tenant, page.as_deref(), limit))
         .await
         .map_err(|e| ApiError::internal(e.to_string()))?
         .map_err(|e| match e.kind() {
             std::io::ErrorKind::InvalidInput => ApiError::bad_request(e.to_string()),
             _ => ApiError::from(e),
-        })?;
-    Ok(json_of(StatusCode::OK, &rows))
+        })
 }
 
 #[derive(Serialize)]
@@ -132,19 +146,10 @@ pub(super) async fn records(
     path: &PathParams,
     log: StreamLog,
 ) -> Result<Response<Full<Bytes>>, ApiError> {
-    let tenants = state.tenants.current();
-    let tenant = auth::tenant_or_admin(&tenants, state.admin_token.as_ref(), request.headers(), &path.tenant)?;
-    let params = query(request);
-    let limit = limit_param(&params, 100, 1000)?;
-    let page = params.get("page").cloned();
-    let reports = std::sync::Arc::clone(&state.reports);
-    let page = tokio::task::spawn_blocking(move || reports.records(&tenant, log, page.as_deref(), limit))
-        .await
-        .map_err(|e| ApiError::internal(e.to_string()))?
-        .map_err(|e| match e.kind() {
-            std::io::ErrorKind::InvalidInput => ApiError::bad_request(e.to_string()),
-            _ => ApiError::from(e),
-        })?;
+    let page = paged(state, request, path, move |reports, tenant, page, limit| {
+        reports.records(tenant, log, page, limit)
+    })
+    .await?;
     Ok(match log {
         StreamLog::Decisions => json_of(
             StatusCode::OK,
