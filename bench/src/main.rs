@@ -11,9 +11,11 @@
 //! scripts/services.sh start cassandra            # MYSIMBDP_SERVICES_MODE=bench for benchmarks
 //! target/release/mysimbdp-bench --backend cassandra --cassandra 127.0.0.1:9042 --rows 1000000 \
 //!     --cqlsh "$(scripts/services.sh cqlsh)"
+//! target/release/mysimbdp-bench --backend embedded --rows 200000 --small-files 10000 --small-rows 100 --clients 8
 //! ```
 
 mod cassandra;
+mod small_files;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -69,6 +71,25 @@ struct Args {
     /// default unless given.
     #[arg(long)]
     in_flight: Option<usize>,
+    /// After the rounds, a small-files pass: this many files (0: none), compared with the
+    /// big-file rounds of the same run.
+    #[arg(long, default_value_t = 0)]
+    small_files: u64,
+    /// Rows per small file.
+    #[arg(long, default_value_t = 100)]
+    small_rows: u64,
+    /// Parallel clients posting the small files.
+    #[arg(long, default_value_t = 8)]
+    clients: u64,
+    /// The tenant's `max_files_number` (files in flight) for the small-files pass: beyond it an
+    /// upload is answered 429 and sent again after its `Retry-After` (counted). Default: all
+    /// the files at once, so that the pass measures the platform, not the limit.
+    #[arg(long)]
+    max_files: Option<u64>,
+    /// More `mysimbdp.toml` for the platform (tables after its `[coredms]` keys), to measure a
+    /// setting: `--platform-config $'[batch]\nworkers_per_tenant = 4'`.
+    #[arg(long, default_value = "")]
+    platform_config: String,
 }
 
 /// One measured pass.
@@ -154,6 +175,9 @@ fn main() -> anyhow::Result<()> {
     let (data_shape, tenant_name, extension, table) = shape(args.shape);
     let mut tenant = TenantSpec::new(tenant_name, &[extension]);
     tenant.max_file_size = 64 << 30;
+    // The small files may all be in flight at once: the tenant's own limit (429, counted as a
+    // retry) does not hold the clients back, and the pass measures the platform.
+    tenant.max_files = args.max_files.unwrap_or(tenant.max_files.max(args.small_files));
     let backend = match args.backend {
         BackendArg::Embedded => Backend::Embedded,
         BackendArg::Cassandra => Backend::Cassandra,
@@ -169,7 +193,7 @@ fn main() -> anyhow::Result<()> {
     let platform_config = format!(
         "max_writes_in_flight = {}\nmax_writes_in_flight_per_tenant = {in_flight}\n",
         defaults.max_writes_in_flight.max(in_flight)
-    );
+    ) + &args.platform_config;
     if args.backend == BackendArg::Cassandra {
         println!("# writes in flight: {in_flight} (the platform, one tenant; the driver baseline)");
     }
@@ -263,6 +287,46 @@ fn main() -> anyhow::Result<()> {
         sum(&platforms) / sum(&baselines),
         args.rows
     );
+    if args.small_files > 0 {
+        let spec = small_files::SmallFiles {
+            files: args.small_files,
+            rows: args.small_rows,
+            clients: args.clients,
+        };
+        let warmup = small_files::SmallFiles {
+            files: (spec.files / 10).clamp(1, 500),
+            ..spec
+        };
+        small_files::run(&platform, &tenant, data_shape, extension, warmup, 1_000_000)?;
+        let platform_pid = platform.pid().parse().ok();
+        let (pass, cpu) = cpu::during(platform_pid, server_pid, || {
+            small_files::run(&platform, &tenant, data_shape, extension, spec, 2_000_000)
+        });
+        let pass = pass?;
+        let big = sum(&platforms);
+        println!(
+            "{:<58} {:>9} rows {:>7.2} s {:>9.0} rows/s {:>7.0} files/s  {:.3}× the big file, {:.2}× baseline{}",
+            format!(
+                "platform: {} files of {} rows, {} clients",
+                pass.files, spec.rows, spec.clients
+            ),
+            pass.rows,
+            pass.seconds,
+            pass.rows_per_second(),
+            pass.files_per_second(),
+            pass.rows_per_second() / big,
+            pass.rows_per_second() / sum(&baselines),
+            cpu.per_row(pass.rows)
+        );
+        println!(
+            "# small files: {:.0} files/s, {:.0} rows/s, {:.3}× the big-file rows/s of this run ({:.0}); {} uploads retried after 429/503",
+            pass.files_per_second(),
+            pass.rows_per_second(),
+            pass.rows_per_second() / big,
+            big,
+            pass.retries
+        );
+    }
     Ok(())
 }
 
