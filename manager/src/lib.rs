@@ -5,6 +5,7 @@ pub mod admission;
 pub mod batch;
 pub mod config;
 pub mod coredms;
+pub mod crash;
 pub mod daas;
 pub mod durable;
 pub mod fswatch;

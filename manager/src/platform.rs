@@ -16,7 +16,7 @@ use crate::coredms::embedded::EmbeddedDms;
 use crate::coredms::{CoreDms, TenantStorage, WriteLimiter};
 use crate::daas::{self, ApiState};
 use crate::plugin_host::{PluginHost, PluginHostConfig};
-use crate::report::{REPORTS_DIR, ReportStore};
+use crate::report::{REPORTS_DIR, ReportStore, store::DOCUMENT_EVERY};
 use crate::staging::{STAGING_DIR, Staging};
 use crate::stream::{StreamContext, StreamManager};
 use crate::telemetry::Metrics;
@@ -163,11 +163,12 @@ pub async fn serve(options: ServeOptions, shutdown: impl std::future::Future<Out
         usage,
         batch: Arc::clone(&batch),
         dms: Arc::clone(&dms),
-        reports,
+        reports: Arc::clone(&reports),
         plugins: Arc::clone(&plugins),
         metrics,
     });
     let server = tokio::spawn(daas::serve(listener, state, cancel.clone()));
+    let documents = tokio::spawn(write_report_documents(Arc::clone(&reports), cancel.clone()));
     log::info!(
         "mysimbdp listening on http://{address} (backend {}, folder {})",
         dms.backend(),
@@ -183,10 +184,27 @@ pub async fn serve(options: ServeOptions, shutdown: impl std::future::Future<Out
     // progress, files in flight); then the plugins are unloaded. What did not finish is redone
     // at the next start: nothing acknowledged depends on a clean stop.
     let (_, (), ()) = tokio::join!(server, batch.join(), stream.shutdown());
+    let _ = documents.await;
+    tokio::task::spawn_blocking(move || reports.write_documents()).await?;
     tokio::task::spawn_blocking(move || plugins.shutdown(PLUGIN_UNLOAD_GRACE)).await?;
     drop(tenants_watcher);
     log::info!("stopped ms={}", stopping.elapsed().as_millis());
     Ok(())
+}
+
+/// Brings the tenants' report documents up to their logs every [`DOCUMENT_EVERY`], until
+/// `cancel` (the shutdown writes them a last time once the batch manager has stopped).
+async fn write_report_documents(reports: Arc<ReportStore>, cancel: CancellationToken) {
+    let mut every = tokio::time::interval(DOCUMENT_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            _ = every.tick() => {}
+        }
+        let reports = Arc::clone(&reports);
+        let _ = tokio::task::spawn_blocking(move || reports.write_documents()).await;
+    }
 }
 
 /// How long the shutdown waits for plugin calls still running before it leaves their libraries

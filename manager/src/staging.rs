@@ -3,8 +3,10 @@
 //! A file is staged as `<file_id>_<tenant>.<type>`, where the id is the server's receive time in
 //! nanoseconds (unique in this process); a client's name is never used for a path. An upload
 //! is written to `.incoming/` first; once complete it is fsynced, its metadata (the client's
-//! name, size, times) is written to `.meta/`, and it is renamed into the folder and the folder
-//! fsynced. So a file visible in staging is complete and durable, and has its metadata.
+//! name, size, times) is written to `.meta/` and fsynced with its folder, and it is renamed into
+//! the folder and the folder fsynced. So a file visible in staging is complete and durable, and
+//! has its metadata. The folder syncs are group commits: uploads that finish together share
+//! them.
 //! Files the batch manager could not ingest move to `.failed/` for the operator.
 
 use std::fs::{self, File};
@@ -15,7 +17,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
-use crate::durable::write_durably;
+use crate::durable::GroupSync;
 use crate::source::FileId;
 use crate::tenants::{FileType, TenantId};
 
@@ -130,6 +132,10 @@ impl Drop for IncomingFile {
 pub struct Staging {
     dir: PathBuf,
     last_id: AtomicU64,
+    /// Group commit of the folder's entries.
+    entries: GroupSync,
+    /// Group commit of `.meta/`'s entries.
+    meta_entries: GroupSync,
 }
 
 impl Staging {
@@ -142,9 +148,22 @@ impl Staging {
         for entry in fs::read_dir(dir.join(".incoming"))?.flatten() {
             let _ = fs::remove_file(entry.path());
         }
+        // Metadata of an upload cut off between its metadata and its rename.
+        for entry in fs::read_dir(dir.join(".meta"))?.flatten() {
+            let name = entry.file_name().to_string_lossy().to_string();
+            let file = name
+                .strip_suffix(".json")
+                .or_else(|| name.strip_suffix(".attempts"))
+                .unwrap_or(&name);
+            if !dir.join(file).exists() {
+                let _ = fs::remove_file(entry.path());
+            }
+        }
         Ok(Staging {
             dir: dir.to_path_buf(),
             last_id: AtomicU64::new(0),
+            entries: GroupSync::folder(dir)?,
+            meta_entries: GroupSync::folder(&dir.join(".meta"))?,
         })
     }
 
@@ -198,7 +217,7 @@ impl Staging {
             .as_mut()
             .ok_or_else(|| io::Error::other("an earlier write failed"))?;
         file.write_all(&incoming.buffer)?;
-        file.sync_all()?;
+        file.sync_data()?;
         let staged = StagedFile {
             id: incoming.id,
             tenant: incoming.tenant.clone(),
@@ -207,13 +226,15 @@ impl Staging {
                 .dir
                 .join(staged_name(incoming.id, &incoming.tenant, &incoming.file_type)),
         };
-        write_durably(
-            &self.meta_path(&staged),
-            &serde_json::to_vec(meta).map_err(io::Error::other)?,
-        )?;
+        // The metadata goes straight to its name: nothing reads it before the file is in the
+        // folder, and a file cut off before it got there leaves only this behind.
+        let mut meta_file = File::create(self.meta_path(&staged))?;
+        meta_file.write_all(&serde_json::to_vec(meta).map_err(io::Error::other)?)?;
+        meta_file.sync_data()?;
+        self.meta_entries.wait(self.meta_entries.changed())?;
         fs::rename(&incoming.path, &staged.path)?;
         incoming.finished = true;
-        File::open(&self.dir)?.sync_all()?;
+        self.entries.wait(self.entries.changed())?;
         Ok(staged)
     }
 
@@ -344,6 +365,29 @@ mod tests {
         drop(incoming);
         assert_eq!(fs::read_dir(dir.path().join(".incoming")).unwrap().count(), 0);
         assert!(staging.scan().unwrap().is_empty());
+    }
+
+    #[test]
+    fn metadata_of_an_upload_cut_off_before_its_rename_is_cleared_at_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let staging = Staging::open(dir.path()).unwrap();
+        let (tenant, csv): (TenantId, FileType) = ("client1".parse().unwrap(), "csv".parse().unwrap());
+        let incoming = staging.begin(&tenant, &csv).unwrap();
+        let kept = staging.commit(incoming, &meta_of(3)).unwrap();
+        let orphan = dir.path().join(".meta").join("12_client1.csv.json");
+        fs::write(&orphan, b"{").unwrap();
+        let staging = Staging::open(dir.path()).unwrap();
+        assert!(!orphan.exists());
+        assert_eq!(staging.meta(&kept), meta_of(3), "the metadata of a staged file stays");
+    }
+
+    fn meta_of(size: u64) -> UploadMeta {
+        UploadMeta {
+            client_file_name: "a.csv".into(),
+            file_received_size: size,
+            request_started_at: 1.0,
+            staged_at: 2.0,
+        }
     }
 
     #[test]

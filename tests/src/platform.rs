@@ -163,6 +163,8 @@ pub struct Platform {
     fd_limit: Option<u64>,
     /// The port it listens on, the same across restarts.
     port: u16,
+    /// `MYSIMBDP_CRASH_POINT` for the next launches.
+    crash_point: Option<String>,
 }
 
 impl Platform {
@@ -210,6 +212,7 @@ impl Platform {
             agent: agent(),
             fd_limit: None,
             port: free_port(),
+            crash_point: None,
         }
     }
 
@@ -247,6 +250,7 @@ impl Platform {
             .arg("--listen")
             .arg(format!("127.0.0.1:{}", self.port))
             .env("MYSIMBDP_ADMIN_TOKEN", ADMIN_TOKEN)
+            .env("MYSIMBDP_CRASH_POINT", self.crash_point.as_deref().unwrap_or(""))
             .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
             .stdout(Stdio::piped())
             .stderr(log)
@@ -276,6 +280,31 @@ impl Platform {
     /// Its log so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.join("platform.log")).unwrap_or_default()
+    }
+
+    /// Starts a platform that aborts at the crash point `point` (see `mysimbdp::crash`).
+    pub fn start_crashing_at(backend: Backend, tenants: &[TenantSpec], extra_config: &str, point: &str) -> Self {
+        let mut platform = Self::prepare(backend, tenants, extra_config);
+        platform.crash_point = Some(point.to_string());
+        platform.launch();
+        platform
+    }
+
+    /// Waits until the process exits by itself (a crash point); true if it did within `limit`.
+    /// The next start runs without the crash point.
+    pub fn wait_for_exit(&mut self, limit: Duration) -> bool {
+        let started = Instant::now();
+        while started.elapsed() < limit {
+            if let Some(child) = self.child.as_mut()
+                && let Ok(Some(_)) = child.try_wait()
+            {
+                self.child = None;
+                self.crash_point = None;
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
     }
 
     /// `kill -9`.

@@ -7,10 +7,11 @@ use std::time::Duration;
 
 use super::BatchContext;
 use crate::coredms::{TenantStorage, TenantStore};
+use crate::crash::crash_point;
 use crate::durable::unix_now;
 use crate::ingest::{self, Drained, Rejects};
 use crate::plugin_host::{CallOutcome, FileCall, PluginId, PluginVersion};
-use crate::report::{FileOutcome, FileReport};
+use crate::report::{FileOutcome, FileReport, StageTimes};
 use crate::source::Source;
 use crate::staging::{FAILED_DIR, STAGING_DIR, StagedFile, UploadMeta};
 use crate::telemetry::FileIngested;
@@ -40,6 +41,8 @@ struct Attempt<'a> {
     store: Arc<dyn TenantStore>,
     started: f64,
     attempts: u32,
+    /// When the tables were ready and the plugin was called.
+    called: f64,
 }
 
 /// Ingests `file` once.
@@ -47,6 +50,17 @@ pub(super) async fn ingest(ctx: &BatchContext, file: &StagedFile) -> Outcome {
     if !file.path.exists() {
         ctx.tracker.finished(&file.tenant, file.id);
         log::warn!("staged file {} disappeared before ingestion", file.path.display());
+        return Outcome::Finished;
+    }
+    if let Some(report) = ctx.reports.report(&file.tenant, file.id) {
+        // Reported before a crash that came before the file left staging: it is finished, and
+        // redoing it would report it twice.
+        log::info!(
+            "tenant={} file={} was reported before a restart; it leaves staging",
+            file.tenant,
+            file.id
+        );
+        leave_staging(ctx, file, report.status).await;
         return Outcome::Finished;
     }
     let tenants = ctx.tenants.current();
@@ -77,7 +91,7 @@ pub(super) async fn ingest(ctx: &BatchContext, file: &StagedFile) -> Outcome {
     };
     ctx.tracker
         .set_state(&file.tenant, file.id, super::FileState::Ingesting, None);
-    let attempt = Attempt {
+    let mut attempt = Attempt {
         ctx,
         file,
         meta,
@@ -86,6 +100,7 @@ pub(super) async fn ingest(ctx: &BatchContext, file: &StagedFile) -> Outcome {
         store,
         started: unix_now(),
         attempts,
+        called: 0.0,
     };
 
     let tables = Arc::clone(&attempt.version);
@@ -101,6 +116,7 @@ pub(super) async fn ingest(ctx: &BatchContext, file: &StagedFile) -> Outcome {
     }
 
     let mut rejects = attempt.rejects();
+    attempt.called = unix_now();
     let drained = attempt.run(&mut rejects).await;
     if ctx.cancel.is_cancelled() {
         return wait("the platform is shutting down", Duration::ZERO);
@@ -162,6 +178,7 @@ impl Attempt<'_> {
     /// The barrier, the report, then the staging file leaves.
     async fn finish(self, drained: Drained, rejects: Rejects) -> Outcome {
         let (ctx, file) = (self.ctx, self.file);
+        let written_at = unix_now();
         let error = match (&drained.store_error, &drained.plugin.result) {
             (Some(e), _) => Some(format!("storage failed: {e}")),
             (None, Err(e)) => Some(format!(
@@ -181,9 +198,16 @@ impl Attempt<'_> {
                 ctx.config.retry_delay(),
             );
         }
+        crash_point("batch.after_barrier");
         let ended = unix_now();
         let (rejected_path, rejected_kept, rejected_total) = rejects.close().await;
-        let report = self.report(&drained, rejected_total, error, ended).await;
+        let mut report = self.report(&drained, rejected_total, error, ended).await;
+        // A file that failed before the plugin ran has no stages to tell.
+        report.stages = (self.called > 0.0).then_some(StageTimes {
+            prepare: self.called - self.started,
+            plugin_and_writes: written_at - self.called,
+            barrier: ended - written_at,
+        });
         let reports = Arc::clone(&ctx.reports);
         let tenant = file.tenant.clone();
         let recorded = tokio::task::spawn_blocking(move || {
@@ -200,31 +224,8 @@ impl Attempt<'_> {
             Ok(Err(e)) => return wait(format!("cannot write the report: {e}"), ctx.config.retry_delay()),
             Err(e) => return wait(format!("cannot write the report: {e}"), ctx.config.retry_delay()),
         };
-        let staging = Arc::clone(&ctx.staging);
-        let staged = file.clone();
-        let outcome = report.status;
-        let cleanup = tokio::task::spawn_blocking(move || match outcome {
-            FileOutcome::Done => staging.remove(&staged).map(|()| None),
-            FileOutcome::Failed => staging.set_aside(&staged).map(Some),
-        })
-        .await
-        .unwrap_or_else(|e| Err(std::io::Error::other(e)));
-        match cleanup {
-            Ok(Some(kept)) => log::warn!(
-                "tenant={} file={} failed; the file is kept at {}",
-                file.tenant,
-                file.id,
-                kept.display()
-            ),
-            Ok(None) => {}
-            Err(e) => log::error!(
-                "tenant={} file={}: cannot clear {} from staging: {e}",
-                file.tenant,
-                file.id,
-                file.path.display()
-            ),
-        }
-        ctx.tracker.finished(&file.tenant, file.id);
+        crash_point("batch.after_report");
+        leave_staging(ctx, file, report.status).await;
         FileIngested { report: &report }.emit(&ctx.metrics);
         Outcome::Finished
     }
@@ -276,6 +277,36 @@ impl Attempt<'_> {
             backend: ctx.dms.backend().to_string(),
             attempts: self.attempts,
             rejected: None,
+            stages: None,
         }
     }
+}
+
+/// A reported file leaves staging: removed when done, set aside when it failed; then it is no
+/// longer in flight.
+async fn leave_staging(ctx: &BatchContext, file: &StagedFile, outcome: FileOutcome) {
+    let staging = Arc::clone(&ctx.staging);
+    let staged = file.clone();
+    let cleanup = tokio::task::spawn_blocking(move || match outcome {
+        FileOutcome::Done => staging.remove(&staged).map(|()| None),
+        FileOutcome::Failed => staging.set_aside(&staged).map(Some),
+    })
+    .await
+    .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+    match cleanup {
+        Ok(Some(kept)) => log::warn!(
+            "tenant={} file={} failed; the file is kept at {}",
+            file.tenant,
+            file.id,
+            kept.display()
+        ),
+        Ok(None) => {}
+        Err(e) => log::error!(
+            "tenant={} file={}: cannot clear {} from staging: {e}",
+            file.tenant,
+            file.id,
+            file.path.display()
+        ),
+    }
+    ctx.tracker.finished(&file.tenant, file.id);
 }

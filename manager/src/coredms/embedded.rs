@@ -107,6 +107,10 @@ pub struct EmbeddedTenant {
     commands: std::sync::mpsc::SyncSender<Command>,
     limiter: Arc<WriteLimiter>,
     readers: Arc<Mutex<Vec<Connection>>>,
+    /// Declarations this database was last made to accept, by table: the same declaration
+    /// again (every file of a version) needs no trip to the writer. Columns are only ever
+    /// added, so what was accepted once stays accepted.
+    ensured: Mutex<HashMap<String, TableSchema>>,
 }
 
 fn open_reader(path: &Path) -> rusqlite::Result<Connection> {
@@ -140,6 +144,7 @@ impl EmbeddedTenant {
             commands,
             limiter,
             readers: Arc::default(),
+            ensured: Mutex::default(),
         })
     }
 
@@ -196,8 +201,14 @@ impl TenantStore for EmbeddedTenant {
 
     async fn ensure_table(&self, table: &TableSchema) -> Result<TableChange, StoreError> {
         check_declaration(&self.tenant, table)?;
-        let table = table.clone();
-        self.command(|reply| Command::EnsureTable(table, reply)).await
+        let ensured = || self.ensured.lock().unwrap_or_else(|e| e.into_inner());
+        if ensured().get(&table.name) == Some(table) {
+            return Ok(TableChange::Unchanged);
+        }
+        let declared = table.clone();
+        let change = self.command(|reply| Command::EnsureTable(declared, reply)).await?;
+        ensured().insert(table.name.clone(), table.clone());
+        Ok(change)
     }
 
     async fn check_table(&self, table: &TableSchema) -> Result<TableChange, StoreError> {
@@ -283,17 +294,98 @@ impl TenantStore for EmbeddedTenant {
     }
 }
 
+/// Commands taken from the queue to share one transaction or one sync, at most: a write or a
+/// flush waits for no more than this many commands queued behind it.
+const GROUP: usize = 16;
+
+type WriteReply = oneshot::Sender<Result<Written, StoreError>>;
+
+/// The writer: commands in order, grouped when they queue up. Writes queued together (several
+/// files or batches arriving at once) share one transaction, and flushes queued together share
+/// one sync, with the writes queued between them committed first (the sync covers them too).
+/// Each caller still gets its own answer.
 fn writer_loop(tenant: &TenantId, mut connection: Connection, commands: &std::sync::mpsc::Receiver<Command>) {
-    while let Ok(command) = commands.recv() {
+    let mut next = None;
+    loop {
+        let command = match next.take() {
+            Some(command) => command,
+            None => match commands.recv() {
+                Ok(command) => command,
+                Err(_) => return,
+            },
+        };
         match command {
             Command::EnsureTable(table, reply) => {
                 let _ = reply.send(ensure_table(&mut connection, tenant, &table));
             }
             Command::Write(rows, reply) => {
-                let _ = reply.send(write_rows(&mut connection, tenant, &rows));
+                let mut writes = vec![(rows, reply)];
+                while writes.len() < GROUP {
+                    match commands.try_recv() {
+                        Ok(Command::Write(rows, reply)) => writes.push((rows, reply)),
+                        Ok(other) => {
+                            next = Some(other);
+                            break;
+                        }
+                        Err(_) => break,
+                    }
+                }
+                write_group(&mut connection, tenant, writes);
             }
             Command::Flush(reply) => {
-                let _ = reply.send(flush(&connection, tenant));
+                let (mut flushes, mut writes) = (vec![reply], Vec::new());
+                for _ in 0..GROUP {
+                    match commands.try_recv() {
+                        Ok(Command::Flush(reply)) => flushes.push(reply),
+                        Ok(Command::Write(rows, reply)) => writes.push((rows, reply)),
+                        Ok(other) => {
+                            next = Some(other);
+                            break;
+                        }
+                        Err(_) => break,
+                    }
+                }
+                write_group(&mut connection, tenant, writes);
+                let flushed = flush(&connection, tenant);
+                for reply in flushes {
+                    let _ = reply.send(flushed.clone());
+                }
+            }
+        }
+    }
+}
+
+/// Writes queued together in one transaction; if it fails, each again in its own, so that an
+/// error is answered only to the write that caused it.
+fn write_group(connection: &mut Connection, tenant: &TenantId, mut writes: Vec<(Rows, WriteReply)>) {
+    if writes.len() <= 1 {
+        if let Some((rows, reply)) = writes.pop() {
+            let _ = reply.send(write_rows(connection, tenant, &rows));
+        }
+        return;
+    }
+    let together = (|| {
+        let transaction = connection
+            .transaction()
+            .map_err(|e| sqlite_error(tenant, "writing rows", e))?;
+        let written = writes
+            .iter()
+            .map(|(rows, _)| insert_rows(&transaction, tenant, rows))
+            .collect::<Result<Vec<_>, _>>()?;
+        transaction
+            .commit()
+            .map_err(|e| sqlite_error(tenant, "writing rows", e))?;
+        Ok::<_, StoreError>(written)
+    })();
+    match together {
+        Ok(written) => {
+            for ((_, reply), written) in writes.into_iter().zip(written) {
+                let _ = reply.send(Ok(written));
+            }
+        }
+        Err(_) => {
+            for (rows, reply) in writes {
+                let _ = reply.send(write_rows(connection, tenant, &rows));
             }
         }
     }
@@ -459,26 +551,31 @@ fn flush(connection: &Connection, tenant: &TenantId) -> Result<(), StoreError> {
     written.map(|_| ()).map_err(error)
 }
 
+/// One write in its own transaction.
 fn write_rows(connection: &mut Connection, tenant: &TenantId, rows: &Rows) -> Result<Written, StoreError> {
-    let table = &rows.table;
-    let stored = check_declared(connection, tenant, table)?;
-    let sql = upsert_sql(table, &stored);
     let transaction = connection
         .transaction()
         .map_err(|e| sqlite_error(tenant, "writing rows", e))?;
-    {
-        let mut statement = transaction
-            .prepare_cached(&sql)
-            .map_err(|e| sqlite_error(tenant, "writing rows", e))?;
-        for row in rows.iter() {
-            statement
-                .execute(rusqlite::params_from_iter(row.iter()))
-                .map_err(|e| sqlite_error(tenant, "writing rows", e))?;
-        }
-    }
+    let written = insert_rows(&transaction, tenant, rows)?;
     transaction
         .commit()
         .map_err(|e| sqlite_error(tenant, "writing rows", e))?;
+    Ok(written)
+}
+
+/// Upserts `rows` inside the caller's transaction.
+fn insert_rows(connection: &Connection, tenant: &TenantId, rows: &Rows) -> Result<Written, StoreError> {
+    let table = &rows.table;
+    let stored = check_declared(connection, tenant, table)?;
+    let sql = upsert_sql(table, &stored);
+    let mut statement = connection
+        .prepare_cached(&sql)
+        .map_err(|e| sqlite_error(tenant, "writing rows", e))?;
+    for row in rows.iter() {
+        statement
+            .execute(rusqlite::params_from_iter(row.iter()))
+            .map_err(|e| sqlite_error(tenant, "writing rows", e))?;
+    }
     Ok(Written {
         rows: rows.len() as u64,
         bytes: rows.logical_bytes(),

@@ -6,8 +6,11 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
+
+use crate::durable::GroupSync;
 
 /// Where an append landed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -58,6 +61,23 @@ pub struct SegmentedLog {
     segment: u64,
     file: File,
     size: u64,
+    sync: Arc<GroupSync>,
+}
+
+/// An append written but not yet known durable: [`Unsynced::wait`] makes it so, sharing the
+/// fsync with the other appends made meanwhile (it needs no access to the log, so the log's
+/// owner can release its lock first).
+#[must_use = "an append is durable only once waited for"]
+pub struct Unsynced {
+    sync: Arc<GroupSync>,
+    ticket: u64,
+}
+
+impl Unsynced {
+    /// Returns once the append is on disk.
+    pub fn wait(self) -> io::Result<()> {
+        self.sync.wait(self.ticket)
+    }
 }
 
 impl SegmentedLog {
@@ -67,6 +87,7 @@ impl SegmentedLog {
         let segment = closed_segments(dir, name)?.last().map_or(0, |n| n + 1);
         let file = OpenOptions::new().create(true).append(true).open(dir.join(name))?;
         let size = file.metadata()?.len();
+        let sync = Arc::new(GroupSync::file(file.try_clone()?));
         Ok(SegmentedLog {
             dir: dir.to_path_buf(),
             name: name.to_string(),
@@ -75,11 +96,19 @@ impl SegmentedLog {
             segment,
             file,
             size,
+            sync,
         })
     }
 
     /// Appends `bytes` (whole lines) and flushes them to disk.
     pub fn append(&mut self, bytes: &[u8]) -> io::Result<Position> {
+        let (position, unsynced) = self.append_unsynced(bytes)?;
+        unsynced.wait()?;
+        Ok(position)
+    }
+
+    /// Appends `bytes` (whole lines); durable once the returned [`Unsynced`] is waited for.
+    pub fn append_unsynced(&mut self, bytes: &[u8]) -> io::Result<(Position, Unsynced)> {
         if self.size > 0 && self.size + bytes.len() as u64 > self.max_segment_bytes {
             self.rotate()?;
         }
@@ -89,13 +118,26 @@ impl SegmentedLog {
             length: bytes.len() as u64,
         };
         self.file.write_all(bytes)?;
-        self.file.sync_data()?;
         self.size += bytes.len() as u64;
-        Ok(position)
+        Ok((position, self.unsynced()))
+    }
+
+    fn unsynced(&self) -> Unsynced {
+        Unsynced {
+            sync: Arc::clone(&self.sync),
+            ticket: self.sync.changed(),
+        }
     }
 
     /// Appends the whole content of `source`.
     pub fn append_file(&mut self, source: &Path) -> io::Result<Position> {
+        let (position, unsynced) = self.append_file_unsynced(source)?;
+        unsynced.wait()?;
+        Ok(position)
+    }
+
+    /// Appends the whole content of `source`; durable once the [`Unsynced`] is waited for.
+    pub fn append_file_unsynced(&mut self, source: &Path) -> io::Result<(Position, Unsynced)> {
         let length = fs::metadata(source)?.len();
         if self.size > 0 && self.size + length > self.max_segment_bytes {
             self.rotate()?;
@@ -106,9 +148,8 @@ impl SegmentedLog {
             length,
         };
         io::copy(&mut File::open(source)?, &mut self.file)?;
-        self.file.sync_data()?;
         self.size += length;
-        Ok(position)
+        Ok((position, self.unsynced()))
     }
 
     /// Reads back what an append wrote, if its segment is still kept.
@@ -199,10 +240,13 @@ impl SegmentedLog {
     }
 
     fn rotate(&mut self) -> io::Result<()> {
+        // What the closing segment holds is durable before syncs move to the new one.
+        self.sync.sync()?;
         let active = self.dir.join(&self.name);
         fs::rename(&active, self.dir.join(format!("{}.{}", self.name, self.segment)))?;
         self.segment += 1;
         self.file = OpenOptions::new().create(true).append(true).open(&active)?;
+        self.sync.replace(self.file.try_clone()?);
         self.size = 0;
         for old in closed_segments(&self.dir, &self.name)? {
             if old + self.keep_segments < self.segment {

@@ -108,4 +108,18 @@ pub struct FileReport {
     pub attempts: u32,
     /// The file's rejected rows, if any were kept.
     pub rejected: Option<RejectedRows>,
+    /// Where the ingestion time went (absent in reports written before it was measured).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stages: Option<StageTimes>,
+}
+
+/// The stages of a file's ingestion, seconds each: they add up to `ingest_time`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct StageTimes {
+    /// The version's tables made ready in the store.
+    pub prepare: f64,
+    /// The plugin reading the file, its rows written (not yet durable).
+    pub plugin_and_writes: f64,
+    /// The barrier that made the rows durable (shared with the files that finished together).
+    pub barrier: f64,
 }

@@ -38,6 +38,9 @@ impl Default for ReportsConfig {
     }
 }
 
+/// How often `<tenant>_report.json` is rewritten at most while files keep finishing.
+pub const DOCUMENT_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// One rejected record as the tenant reads it back.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RejectedRow {
@@ -94,6 +97,10 @@ pub struct RejectedPage {
 
 struct TenantReports {
     document: BTreeMap<FileId, FileReport>,
+    /// The document has reports `<tenant>_report.json` does not have yet.
+    document_behind: bool,
+    /// When `<tenant>_report.json` was last written.
+    document_written_at: Option<std::time::Instant>,
     log: SegmentedLog,
     rejected: SegmentedLog,
     stream_rejected: SegmentedLog,
@@ -208,6 +215,8 @@ impl ReportStore {
         compact(&mut document, self.config.files_in_report);
         let reports = Arc::new(Mutex::new(TenantReports {
             document,
+            document_behind: false,
+            document_written_at: None,
             log,
             rejected,
             stream_rejected,
@@ -220,7 +229,12 @@ impl ReportStore {
     }
 
     /// Records a finished file: its rejected rows (from the temporary file the batch manager
-    /// wrote, if any), then the report in the log, the document and the statistics.
+    /// wrote, if any), then the report in the log; once that is durable, the report joins the
+    /// document and the statistics, so a report the API shows is on disk. The log is the
+    /// record: `<tenant>_report.json`, rebuilt from it at start, is rewritten at most every
+    /// [`DOCUMENT_EVERY`] (and by [`ReportStore::write_documents`]), so that many small files
+    /// do not each rewrite a document of a thousand reports. Concurrent records share their
+    /// fsyncs.
     pub fn record(
         &self,
         tenant: &TenantId,
@@ -228,26 +242,64 @@ impl ReportStore {
         rejected_file: Option<(&Path, u64)>,
     ) -> io::Result<FileReport> {
         let reports = self.tenant(tenant)?;
-        let mut reports = reports.lock().unwrap_or_else(|e| e.into_inner());
+        let lock = || reports.lock().unwrap_or_else(|e| e.into_inner());
         if let Some((path, rows_kept)) = rejected_file
             && rows_kept > 0
         {
-            let position = reports.rejected.append_file(path)?;
+            let (position, unsynced) = lock().rejected.append_file_unsynced(path)?;
+            // The rows are durable before the report that points at them.
+            unsynced.wait()?;
             report.rejected = Some(RejectedRows { position, rows_kept });
         }
         let mut line = serde_json::to_vec(&report).map_err(io::Error::other)?;
         line.push(b'\n');
-        reports.log.append(&line)?;
         let id: FileId = report.file_id.parse().map_err(io::Error::other)?;
+        let (_, unsynced) = lock().log.append_unsynced(&line)?;
+        unsynced.wait()?;
+        let mut reports = lock();
         reports.document.insert(id, report.clone());
         compact(&mut reports.document, self.config.files_in_report);
-        let document = document_json(&reports.document);
-        write_durably(
-            &self.dir.join(format!("{tenant}_report.json")),
-            document.to_string().as_bytes(),
-        )?;
         reports.stats.add(&report);
+        reports.document_behind = true;
+        if reports
+            .document_written_at
+            .is_none_or(|at| at.elapsed() >= DOCUMENT_EVERY)
+        {
+            self.write_document(tenant, &mut reports);
+        }
         Ok(report)
+    }
+
+    /// Writes every `<tenant>_report.json` that is behind its log (the platform calls it each
+    /// [`DOCUMENT_EVERY`] and as it stops).
+    pub fn write_documents(&self) {
+        let tenants: Vec<(TenantId, Arc<Mutex<TenantReports>>)> = self
+            .tenants
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(id, reports)| (id.clone(), Arc::clone(reports)))
+            .collect();
+        for (tenant, reports) in tenants {
+            let mut reports = reports.lock().unwrap_or_else(|e| e.into_inner());
+            if reports.document_behind {
+                self.write_document(&tenant, &mut reports);
+            }
+        }
+    }
+
+    /// Writes the document atomically. A failure is logged and the document stays behind (its
+    /// reports are in the log, which is what a restart rebuilds it from).
+    fn write_document(&self, tenant: &TenantId, reports: &mut TenantReports) {
+        let document = document_json(&reports.document);
+        let path = self.dir.join(format!("{tenant}_report.json"));
+        match write_durably(&path, document.to_string().as_bytes()) {
+            Ok(()) => {
+                reports.document_behind = false;
+                reports.document_written_at = Some(std::time::Instant::now());
+            }
+            Err(e) => log::error!("tenant={tenant}: cannot write {}: {e}", path.display()),
+        }
     }
 
     /// The report of a file, if it is still in the tenant's document.
