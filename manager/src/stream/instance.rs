@@ -113,6 +113,11 @@ pub(super) struct Task {
     lag_read_at: Option<Instant>,
     /// The batch written and being made durable while the next one is processed.
     pending: Option<Uncommitted>,
+    /// Offsets of durable batches whose commit the queue refused (a rebalance under way): sent
+    /// again with the next commit, or alone at the next batch boundary, while their partitions
+    /// stay with this instance. Without this, a partition that stays put after the rebalance
+    /// is never committed (its consumer has read past those messages) and its lag never drains.
+    refused: BTreeMap<u32, u64>,
     /// What this period's report will say (plugin calls and failures are counted as they
     /// happen, the rest once a batch is committed).
     pub(super) period: Period,
@@ -181,6 +186,7 @@ pub(super) async fn run(
         prepared: None,
         lag_read_at: None,
         pending: None,
+        refused: BTreeMap::new(),
         period: Period::new(unix_now()),
         reports,
     };
@@ -333,6 +339,7 @@ impl Task {
     /// offsets.
     async fn settle(&mut self) -> Result<(), Pause> {
         let Some(batch) = self.pending.take() else {
+            self.commit(Vec::new()).await;
             return Ok(());
         };
         let durable = match batch.durable.await {
@@ -344,12 +351,7 @@ impl Task {
             return Err(Pause(format!("storage could not make the rows durable: {e}")));
         }
         self.keep_rejects(batch.rejected_files).await;
-        if let Some(consumer) = self.consumer.as_mut()
-            && let Err(e) = consumer.commit(&batch.offsets).await
-        {
-            // Stored but not committed: delivered again, and rewritten to the same keys.
-            log::warn!("stream: tenant={} instance={} commit failed: {e}", self.tenant, self.id);
-        }
+        self.commit(batch.offsets).await;
         let now_ms = (unix_now() * 1000.0) as i64;
         let latencies: Vec<f64> = batch.timestamps.iter().map(|t| (now_ms - t).max(0) as f64).collect();
         let latency = latencies.iter().sum::<f64>() / latencies.len().max(1) as f64;
@@ -374,6 +376,36 @@ impl Task {
         status.last_batch_at = Some(unix_now());
         status.last_batch_latency_ms = Some(latency);
         Ok(())
+    }
+
+    /// Commits `offsets` of a durable batch, with those refused before whose partitions are
+    /// still this instance's (a partition that moved is read again by its new owner from its
+    /// committed offset, and rewritten to the same keys).
+    async fn commit(&mut self, offsets: Vec<(u32, u64)>) {
+        for (partition, offset) in offsets {
+            let last = self.refused.entry(partition).or_insert(offset);
+            *last = (*last).max(offset);
+        }
+        if self.refused.is_empty() {
+            return;
+        }
+        let Some(consumer) = self.consumer.as_mut() else {
+            return;
+        };
+        if let Ok(owned) = consumer.assignment()
+            && !owned.is_empty()
+        {
+            self.refused.retain(|partition, _| owned.contains(partition));
+        }
+        let offsets: Vec<(u32, u64)> = self.refused.iter().map(|(p, o)| (*p, *o)).collect();
+        match consumer.commit(&offsets).await {
+            Ok(()) => self.refused.clear(),
+            Err(e) => log::warn!(
+                "stream: tenant={} instance={} commit failed, sent again at the next batch boundary: {e}",
+                self.tenant,
+                self.id
+            ),
+        }
     }
 
     /// Sends the period's report once the period is over (or `last`, as the instance stops):
