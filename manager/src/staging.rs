@@ -58,6 +58,9 @@ pub struct UploadMeta {
     pub request_started_at: f64,
     /// When the file was durable in staging (seconds since the epoch).
     pub staged_at: f64,
+    /// Ingestion attempts begun (kept here, so attempts before a crash count).
+    #[serde(default)]
+    pub attempts: u32,
 }
 
 /// Bytes of an upload held in memory before they are written out (by the blocking pool).
@@ -277,6 +280,7 @@ impl Staging {
                     file_received_size: size,
                     request_started_at: at,
                     staged_at: at,
+                    attempts: 0,
                 }
             })
     }
@@ -301,17 +305,33 @@ impl Staging {
         Ok(target)
     }
 
-    /// Counts an ingestion attempt of `file` (kept beside its metadata, so attempts before a
-    /// crash count) and returns the number of this one.
-    pub fn bump_attempts(&self, file: &StagedFile) -> u32 {
-        let path = self.dir.join(".meta").join(format!("{}.attempts", file.name()));
-        let attempts = fs::read_to_string(&path)
+    /// Counts an ingestion attempt of `file` and returns its metadata with the count of this
+    /// attempt. The count is written into the metadata file in place (no new file: on a
+    /// filesystem without a journal every inode created costs a scan), over the old content,
+    /// which it can only lengthen, so a crash leaves the old count or the new.
+    pub fn begin_attempt(&self, file: &StagedFile) -> UploadMeta {
+        let mut meta = self.meta(file);
+        let legacy = self.dir.join(".meta").join(format!("{}.attempts", file.name()));
+        if let Some(before) = fs::read_to_string(&legacy)
             .ok()
             .and_then(|s| s.trim().parse::<u32>().ok())
-            .unwrap_or(0)
-            + 1;
-        let _ = fs::write(&path, attempts.to_string());
-        attempts
+        {
+            meta.attempts = meta.attempts.max(before);
+        }
+        meta.attempts += 1;
+        let written = serde_json::to_vec(&meta).map_err(io::Error::other).and_then(|bytes| {
+            let mut out = fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(self.meta_path(file))?;
+            out.write_all(&bytes)?;
+            out.set_len(bytes.len() as u64)
+        });
+        if let Err(e) = written {
+            log::warn!("staging: cannot count an attempt of {}: {e}", file.name());
+        }
+        meta
     }
 
     fn meta_path(&self, file: &StagedFile) -> PathBuf {
@@ -347,6 +367,7 @@ mod tests {
             file_received_size: 8,
             request_started_at: 1.0,
             staged_at: 2.0,
+            attempts: 0,
         };
         let staged = staging.commit(incoming, &meta).unwrap();
         assert_eq!(staging.scan().unwrap(), vec![staged.clone()]);
@@ -381,12 +402,39 @@ mod tests {
         assert_eq!(staging.meta(&kept), meta_of(3), "the metadata of a staged file stays");
     }
 
+    #[test]
+    fn attempts_are_counted_in_the_metadata_across_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let staging = Staging::open(dir.path()).unwrap();
+        let (tenant, csv): (TenantId, FileType) = ("client1".parse().unwrap(), "csv".parse().unwrap());
+        let staged = staging
+            .commit(staging.begin(&tenant, &csv).unwrap(), &meta_of(9))
+            .unwrap();
+        assert_eq!(staging.begin_attempt(&staged).attempts, 1);
+        let staging = Staging::open(dir.path()).unwrap();
+        let second = staging.begin_attempt(&staged);
+        assert_eq!(
+            second,
+            UploadMeta {
+                attempts: 2,
+                ..meta_of(9)
+            }
+        );
+        assert_eq!(staging.meta(&staged), second);
+        assert_eq!(
+            fs::read_dir(dir.path().join(".meta")).unwrap().count(),
+            1,
+            "no file but the metadata"
+        );
+    }
+
     fn meta_of(size: u64) -> UploadMeta {
         UploadMeta {
             client_file_name: "a.csv".into(),
             file_received_size: size,
             request_started_at: 1.0,
             staged_at: 2.0,
+            attempts: 0,
         }
     }
 

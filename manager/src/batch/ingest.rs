@@ -81,14 +81,13 @@ pub(super) async fn ingest(ctx: &BatchContext, file: &StagedFile) -> Outcome {
     };
     let staging = Arc::clone(&ctx.staging);
     let staged = file.clone();
-    let Ok((attempts, meta)) =
-        tokio::task::spawn_blocking(move || (staging.bump_attempts(&staged), staging.meta(&staged))).await
-    else {
+    let Ok(meta) = tokio::task::spawn_blocking(move || staging.begin_attempt(&staged)).await else {
         return wait(
             "the platform failed while reading the file's metadata",
             ctx.config.retry_delay(),
         );
     };
+    let attempts = meta.attempts;
     ctx.tracker
         .set_state(&file.tenant, file.id, super::FileState::Ingesting, None);
     let mut attempt = Attempt {

@@ -186,6 +186,7 @@ async fn accept(
         file_received_size: size,
         request_started_at,
         staged_at: 0.0,
+        attempts: 0,
     };
     let staging = std::sync::Arc::clone(&state.staging);
     let Receiving {
