@@ -40,9 +40,8 @@ struct Attempt<'a> {
     storage: TenantStorage,
     store: Arc<dyn TenantStore>,
     started: f64,
-    attempts: u32,
-    /// When the tables were ready and the plugin was called.
-    called: f64,
+    /// When the tables were ready and the plugin was called (`None` if it never was).
+    called: Option<f64>,
 }
 
 /// Ingests `file` once.
@@ -87,7 +86,6 @@ pub(super) async fn ingest(ctx: &BatchContext, file: &StagedFile) -> Outcome {
             ctx.config.retry_delay(),
         );
     };
-    let attempts = meta.attempts;
     ctx.tracker
         .set_state(&file.tenant, file.id, super::FileState::Ingesting, None);
     let mut attempt = Attempt {
@@ -98,8 +96,7 @@ pub(super) async fn ingest(ctx: &BatchContext, file: &StagedFile) -> Outcome {
         storage,
         store,
         started: unix_now(),
-        attempts,
-        called: 0.0,
+        called: None,
     };
 
     let tables = Arc::clone(&attempt.version);
@@ -115,7 +112,7 @@ pub(super) async fn ingest(ctx: &BatchContext, file: &StagedFile) -> Outcome {
     }
 
     let mut rejects = attempt.rejects();
-    attempt.called = unix_now();
+    attempt.called = Some(unix_now());
     let drained = attempt.run(&mut rejects).await;
     if ctx.cancel.is_cancelled() {
         return wait("the platform is shutting down", Duration::ZERO);
@@ -202,9 +199,9 @@ impl Attempt<'_> {
         let (rejected_path, rejected_kept, rejected_total) = rejects.close().await;
         let mut report = self.report(&drained, rejected_total, error, ended).await;
         // A file that failed before the plugin ran has no stages to tell.
-        report.stages = (self.called > 0.0).then_some(StageTimes {
-            prepare: self.called - self.started,
-            plugin_and_writes: written_at - self.called,
+        report.stages = self.called.map(|called| StageTimes {
+            prepare: called - self.started,
+            plugin_and_writes: written_at - called,
             barrier: ended - written_at,
         });
         let reports = Arc::clone(&ctx.reports);
@@ -274,7 +271,7 @@ impl Attempt<'_> {
             plugin_cpu_seconds: drained.plugin.cpu_ns as f64 / 1e9,
             bytes_written: drained.written.bytes,
             backend: ctx.dms.backend().to_string(),
-            attempts: self.attempts,
+            attempts: meta.attempts,
             rejected: None,
             stages: None,
         }

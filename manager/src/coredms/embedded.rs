@@ -320,31 +320,28 @@ fn writer_loop(tenant: &TenantId, mut connection: Connection, commands: &std::sy
             }
             Command::Write(rows, reply) => {
                 let mut writes = vec![(rows, reply)];
-                while writes.len() < GROUP {
-                    match commands.try_recv() {
-                        Ok(Command::Write(rows, reply)) => writes.push((rows, reply)),
-                        Ok(other) => {
-                            next = Some(other);
-                            break;
-                        }
-                        Err(_) => break,
+                next = take_queued(commands, |command| match command {
+                    Command::Write(rows, reply) => {
+                        writes.push((rows, reply));
+                        None
                     }
-                }
+                    other => Some(other),
+                });
                 write_group(&mut connection, tenant, writes);
             }
             Command::Flush(reply) => {
                 let (mut flushes, mut writes) = (vec![reply], Vec::new());
-                for _ in 0..GROUP {
-                    match commands.try_recv() {
-                        Ok(Command::Flush(reply)) => flushes.push(reply),
-                        Ok(Command::Write(rows, reply)) => writes.push((rows, reply)),
-                        Ok(other) => {
-                            next = Some(other);
-                            break;
-                        }
-                        Err(_) => break,
+                next = take_queued(commands, |command| match command {
+                    Command::Flush(reply) => {
+                        flushes.push(reply);
+                        None
                     }
-                }
+                    Command::Write(rows, reply) => {
+                        writes.push((rows, reply));
+                        None
+                    }
+                    other => Some(other),
+                });
                 write_group(&mut connection, tenant, writes);
                 let flushed = flush(&connection, tenant);
                 for reply in flushes {
@@ -353,6 +350,21 @@ fn writer_loop(tenant: &TenantId, mut connection: Connection, commands: &std::sy
             }
         }
     }
+}
+
+/// Takes up to [`GROUP`] commands already queued, as long as `join` takes them (it gives back
+/// the one it does not); returns that one, to be handled next.
+fn take_queued(
+    commands: &std::sync::mpsc::Receiver<Command>,
+    mut join: impl FnMut(Command) -> Option<Command>,
+) -> Option<Command> {
+    for _ in 0..GROUP {
+        let refused = join(commands.try_recv().ok()?);
+        if refused.is_some() {
+            return refused;
+        }
+    }
+    None
 }
 
 /// Writes queued together in one transaction; if it fails, each again in its own, so that an

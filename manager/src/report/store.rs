@@ -273,19 +273,22 @@ impl ReportStore {
     /// Writes every `<tenant>_report.json` that is behind its log (the platform calls it each
     /// [`DOCUMENT_EVERY`] and as it stops).
     pub fn write_documents(&self) {
-        let tenants: Vec<(TenantId, Arc<Mutex<TenantReports>>)> = self
-            .tenants
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .map(|(id, reports)| (id.clone(), Arc::clone(reports)))
-            .collect();
-        for (tenant, reports) in tenants {
+        for (tenant, reports) in self.all_tenants() {
             let mut reports = reports.lock().unwrap_or_else(|e| e.into_inner());
             if reports.document_behind {
                 self.write_document(&tenant, &mut reports);
             }
         }
+    }
+
+    /// Every tenant's reports, taken out of the map so that each is locked on its own.
+    fn all_tenants(&self) -> Vec<(TenantId, Arc<Mutex<TenantReports>>)> {
+        self.tenants
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(id, reports)| (id.clone(), Arc::clone(reports)))
+            .collect()
     }
 
     /// Writes the document atomically. A failure is logged and the document stays behind (its
@@ -455,13 +458,7 @@ impl ReportStore {
 
     /// Every tenant's statistics and the platform's.
     pub fn all_stats(&self) -> (StatsSnapshot, BTreeMap<TenantId, StatsSnapshot>) {
-        let tenants: Vec<_> = self
-            .tenants
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .map(|(k, v)| (k.clone(), Arc::clone(v)))
-            .collect();
+        let tenants = self.all_tenants();
         let mut platform = IngestStats::default();
         let mut per_tenant = BTreeMap::new();
         for (tenant, reports) in tenants {
