@@ -28,8 +28,20 @@ struct Tracked {
 
 #[derive(Debug, Default)]
 struct TenantFiles {
+    /// Places held by uploads not yet staged.
     uploading: u64,
+    /// The ids of those uploads once known, and whether the batch manager has seen the file
+    /// already (the folder watcher can see a staged file before its upload says so): such a
+    /// file holds one place, not two, and is not tracked again once finished.
+    bound: BTreeMap<FileId, bool>,
     files: BTreeMap<FileId, Tracked>,
+}
+
+impl TenantFiles {
+    fn in_flight(&self) -> u64 {
+        let counted_twice = self.bound.keys().filter(|id| self.files.contains_key(id)).count();
+        self.uploading + self.files.len() as u64 - counted_twice as u64
+    }
 }
 
 /// The tracker.
@@ -43,14 +55,29 @@ pub struct FileTracker {
 pub struct UploadReservation {
     tracker: Arc<FileTracker>,
     tenant: TenantId,
+    file: Option<FileId>,
     released: bool,
+}
+
+impl UploadReservation {
+    /// The upload's file id is known (its staging file is open).
+    pub fn bind(&mut self, file: FileId) {
+        self.file = Some(file);
+        self.tracker.with(&self.tenant, |t| {
+            t.bound.insert(file, false);
+        });
+    }
 }
 
 impl Drop for UploadReservation {
     fn drop(&mut self) {
         if !self.released {
-            self.tracker
-                .with(&self.tenant, |t| t.uploading = t.uploading.saturating_sub(1));
+            self.tracker.with(&self.tenant, |t| {
+                t.uploading = t.uploading.saturating_sub(1);
+                if let Some(file) = self.file {
+                    t.bound.remove(&file);
+                }
+            });
         }
     }
 }
@@ -64,7 +91,7 @@ impl FileTracker {
     /// Holds a place for an upload if the tenant has fewer than `max_files` in flight.
     pub fn try_reserve(self: &Arc<Self>, tenant: &TenantId, max_files: u64) -> Option<UploadReservation> {
         let reserved = self.with(tenant, |t| {
-            if t.uploading + t.files.len() as u64 >= max_files {
+            if t.in_flight() >= max_files {
                 return false;
             }
             t.uploading += 1;
@@ -73,6 +100,7 @@ impl FileTracker {
         reserved.then(|| UploadReservation {
             tracker: Arc::clone(self),
             tenant: tenant.clone(),
+            file: None,
             released: false,
         })
     }
@@ -82,17 +110,23 @@ impl FileTracker {
         reservation.released = true;
         self.with(&reservation.tenant, |t| {
             t.uploading = t.uploading.saturating_sub(1);
-            // The folder watcher may have seen the file first.
-            t.files.entry(file).or_insert(Tracked {
-                state: FileState::Queued,
-                note: None,
-            });
+            // The folder watcher may have seen the file first, and it may even be finished.
+            let seen = t.bound.remove(&file).unwrap_or(false);
+            if !seen {
+                t.files.entry(file).or_insert(Tracked {
+                    state: FileState::Queued,
+                    note: None,
+                });
+            }
         });
     }
 
     /// A staged file found by a scan or the watcher; false if it is already known.
     pub fn discovered(&self, tenant: &TenantId, file: FileId) -> bool {
         self.with(tenant, |t| {
+            if let Some(seen) = t.bound.get_mut(&file) {
+                *seen = true;
+            }
             if t.files.contains_key(&file) {
                 return false;
             }
@@ -133,7 +167,7 @@ impl FileTracker {
 
     /// Files uploading, queued or ingesting.
     pub fn in_flight(&self, tenant: &TenantId) -> u64 {
-        self.with(tenant, |t| t.uploading + t.files.len() as u64)
+        self.with(tenant, |t| t.in_flight())
     }
 }
 
@@ -155,5 +189,23 @@ mod tests {
         assert!(tracker.try_reserve(&tenant, 2).is_some());
         tracker.finished(&tenant, FileId(1));
         assert_eq!(tracker.in_flight(&tenant), 0);
+    }
+
+    #[test]
+    fn a_file_the_watcher_sees_before_its_upload_ends_holds_one_place_and_is_not_tracked_again() {
+        let tracker = Arc::new(FileTracker::default());
+        let tenant: TenantId = "a".parse().unwrap();
+        let mut first = tracker.try_reserve(&tenant, 2).unwrap();
+        first.bind(FileId(1));
+        // The watcher sees the staged file before the upload reports it staged.
+        assert!(tracker.discovered(&tenant, FileId(1)));
+        assert_eq!(tracker.in_flight(&tenant), 1);
+        let second = tracker.try_reserve(&tenant, 2).expect("one file holds one place");
+        drop(second);
+        // It is ingested and finished before the upload's `staged` runs.
+        tracker.finished(&tenant, FileId(1));
+        tracker.staged(first, FileId(1));
+        assert_eq!(tracker.in_flight(&tenant), 0);
+        assert_eq!(tracker.status(&tenant, FileId(1)), None);
     }
 }

@@ -333,7 +333,7 @@ impl Receiving {
         if let Some(size) = declared_size.filter(|&s| s > tenant.max_file_size) {
             return Err(too_large(size, tenant.max_file_size));
         }
-        let reservation = state
+        let mut reservation = state
             .tracker
             .try_reserve(tenant_id, tenant.max_files_number)
             .ok_or_else(|| {
@@ -352,6 +352,7 @@ impl Receiving {
         let incoming = tokio::task::spawn_blocking(move || staging.begin(&tenant_id_owned, &file_type_owned))
             .await
             .map_err(|e| ApiError::internal(format!("staging the file failed: {e}")))??;
+        reservation.bind(incoming.id);
         Ok(Receiving {
             max_file_size: tenant.max_file_size,
             reservation,
