@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use datagen::{Generator, Shape, Spec};
-use mysimbdp_tests::platform::{Backend, Platform, TenantSpec};
+use mysimbdp_tests::platform::{ADMIN_TOKEN, Backend, Platform, TenantSpec};
 use mysimbdp_tests::{rss_kib, wait_until};
 use serde_json::Value;
 
@@ -169,7 +169,7 @@ fn two_tenants_ingest_concurrently_and_the_store_holds_every_good_row_once() {
             "staging is empty once every report is written"
         );
 
-        let (status, stats) = platform.get("/v1/stats", mysimbdp_tests::platform::ADMIN_TOKEN);
+        let (status, stats) = platform.get("/v1/stats", ADMIN_TOKEN);
         assert_eq!(status, 200);
         assert_eq!(stats["tenants"]["client1"]["files_ok"], 3);
         assert_eq!(stats["tenants"]["client2"]["rows_ingested"], expected["client2"]);
@@ -329,7 +329,7 @@ fn each_violation_gets_its_status_and_message_and_leaves_nothing_in_staging() {
             "{:?}",
             platform.staged_files()
         );
-        let (_, stats) = platform.get("/v1/stats", mysimbdp_tests::platform::ADMIN_TOKEN);
+        let (_, stats) = platform.get("/v1/stats", ADMIN_TOKEN);
         assert_eq!(
             stats["tenants"]["client1"]["files_ok"], accepted,
             "refused uploads never reach ingestion"
@@ -611,6 +611,87 @@ fn a_crash_between_small_files_durable_rows_and_their_reports_redoes_exactly_the
                 ),
             }
         }
+    }
+}
+
+/// Small files that queue up behind a busy worker are ingested as one group, through one
+/// barrier, and each still ends on its own: the one whose plugin call panics and the one whose
+/// call fails are reported failed with the plugin's message, every other one has its rows.
+#[test]
+fn small_files_queued_together_share_one_barrier_and_a_failing_one_fails_alone() {
+    for backend in Backend::all() {
+        let lab = TenantSpec {
+            max_files: 100,
+            ..TenantSpec::new("lab", &["csv"])
+        };
+        let platform = Platform::start(backend, std::slice::from_ref(&lab), "[batch]\nworkers_per_tenant = 1\n");
+        platform.install_plugin("lab_plugin_v1", "libclientbatchingestapp_lab_csv.so");
+        let (started, release) = (platform.dir.join("started"), platform.dir.join("release"));
+        let holding = format!("hold,1\nSIGNAL {}\nWAIT {}\n", started.display(), release.display());
+        let (status, body) = platform.upload("lab", &lab.token(), "hold.csv", holding.as_bytes());
+        assert_eq!(status, 201, "{body}");
+        let holding_id = body["file_id"].as_str().unwrap().to_string();
+        assert!(
+            wait_until(Duration::from_secs(60), || started.exists()),
+            "{backend:?}: {}",
+            platform.tail_log()
+        );
+
+        // Twenty files queue behind it: 10 rows each, the 8th panics after them, the 14th fails.
+        let mut uploaded = Vec::new();
+        for i in 0..20 {
+            let mut csv: String = (0..10).map(|r| format!("f{i}-r{r},{r}\n")).collect();
+            match i {
+                7 => csv.push_str("PANIC\n"),
+                13 => csv.push_str("ERROR\n"),
+                _ => {}
+            }
+            let (status, body) = platform.upload("lab", &lab.token(), &format!("small{i}.csv"), csv.as_bytes());
+            assert_eq!(status, 201, "{body}");
+            uploaded.push((i, body["file_id"].as_str().unwrap().to_string()));
+        }
+        let queued = "mysimbdp_files_queued{tenant=\"lab\"} 20";
+        assert!(
+            wait_until(Duration::from_secs(30), || ureq_get_text(&platform, "/metrics")
+                .contains(queued)),
+            "{backend:?}: {}",
+            ureq_get_text(&platform, "/metrics")
+        );
+        std::fs::write(&release, "").unwrap();
+
+        let held = platform.wait_for_report("lab", &lab.token(), &holding_id, Duration::from_secs(60));
+        assert_eq!(held["stages"]["group_files"], 1, "{held}");
+        let mut stored = 1;
+        for (i, id) in &uploaded {
+            let report = platform.wait_for_report("lab", &lab.token(), id, Duration::from_secs(60));
+            assert_eq!(report["stages"]["group_files"], 20, "{backend:?} file {i}: {report}");
+            match i {
+                7 | 13 => {
+                    assert_eq!(report["status"], "failed", "{report}");
+                    let expected = if *i == 7 {
+                        "was asked to panic"
+                    } else {
+                        "was asked to fail"
+                    };
+                    assert!(report["error"].as_str().unwrap().contains(expected), "{report}");
+                }
+                _ => {
+                    assert_eq!(report["status"], "done", "{backend:?} file {i}: {report}");
+                    assert_eq!(report["rows_ingested"], 10, "{report}");
+                }
+            }
+            stored += report["rows_ingested"].as_u64().unwrap();
+        }
+        assert_eq!(platform.count("lab", &lab.token(), "items"), stored, "{backend:?}");
+        assert!(
+            wait_until(Duration::from_secs(30), || platform.staged_files().is_empty()),
+            "{backend:?}: only the failed files are set aside"
+        );
+        let (_, status) = platform.get("/v1/plugins", ADMIN_TOKEN);
+        assert!(
+            !status.to_string().contains("quarantined"),
+            "{backend:?}: two failures among twenty do not quarantine the version: {status}"
+        );
     }
 }
 

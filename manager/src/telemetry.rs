@@ -60,6 +60,7 @@ pub struct Metrics {
     ingest_seconds: SecondsHistogram,
     plugin_cpu_seconds: Family<TenantLabel, Counter<f64, std::sync::atomic::AtomicU64>>,
     files_in_flight: Family<TenantLabel, Gauge>,
+    files_queued: Family<TenantLabel, Gauge>,
     stream_messages: Family<InstanceLabels, Counter>,
     stream_rows: Family<InstanceLabels, Counter>,
     stream_rejected: Family<InstanceLabels, Counter>,
@@ -90,6 +91,7 @@ impl Default for Metrics {
             ingest_seconds: Family::new_with_constructor(ingest_histogram as fn() -> Histogram),
             plugin_cpu_seconds: Family::default(),
             files_in_flight: Family::default(),
+            files_queued: Family::default(),
             stream_messages: Family::default(),
             stream_rows: Family::default(),
             stream_rejected: Family::default(),
@@ -139,6 +141,11 @@ impl Default for Metrics {
             "files_in_flight",
             "Files staged or ingesting, by tenant",
             metrics.files_in_flight.clone(),
+        );
+        registry.register(
+            "files_queued",
+            "Staged files waiting for a batch worker, by tenant",
+            metrics.files_queued.clone(),
         );
         registry.register(
             "stream_messages",
@@ -244,6 +251,15 @@ impl Metrics {
     /// Sets a tenant's files in flight.
     pub fn set_files_in_flight(&self, tenant: &str, files: u64) {
         self.files_in_flight
+            .get_or_create(&TenantLabel {
+                tenant: tenant.to_string(),
+            })
+            .set(files as i64);
+    }
+
+    /// Sets a tenant's staged files waiting for a worker.
+    pub fn set_files_queued(&self, tenant: &str, files: usize) {
+        self.files_queued
             .get_or_create(&TenantLabel {
                 tenant: tenant.to_string(),
             })

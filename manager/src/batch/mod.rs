@@ -28,6 +28,7 @@ use crate::report::ReportStore;
 use crate::source::FileId;
 use crate::staging::{StagedFile, Staging};
 use crate::telemetry::Metrics;
+use crate::tenants::TenantId;
 use crate::tenants::watch::TenantsHandle;
 use crate::usage::UsageLedger;
 use ingest::Outcome;
@@ -53,6 +54,11 @@ pub struct BatchConfig {
     pub writes_in_flight_per_file: usize,
     /// Seconds before a file is tried again after a storage outage.
     pub retry_delay_seconds: u64,
+    /// Small files of a tenant queued together are ingested as one group of at most this many:
+    /// one plugin set-up, shared transactions, one barrier, reports written together.
+    pub group_files: usize,
+    /// Files of at most this many bytes may be grouped; a larger one is ingested alone.
+    pub group_file_bytes: u64,
 }
 
 impl Default for BatchConfig {
@@ -64,6 +70,8 @@ impl Default for BatchConfig {
             channel_batches: 4,
             writes_in_flight_per_file: 4,
             retry_delay_seconds: 5,
+            group_files: 32,
+            group_file_bytes: 1 << 20,
         }
     }
 }
@@ -146,7 +154,7 @@ struct Manager {
     ctx: Arc<BatchContext>,
     queue: FairQueue,
     known: HashSet<FileId>,
-    running: JoinSet<(StagedFile, Outcome)>,
+    running: JoinSet<Vec<(StagedFile, Outcome)>>,
     retry: mpsc::Sender<StagedFile>,
 }
 
@@ -173,7 +181,11 @@ async fn run(
         tokio::select! {
             () = ctx.cancel.cancelled() => break,
             Some(file) = submitted.recv() => manager.enqueue(file),
-            Some(file) = retries.recv() => manager.queue.push(file),
+            Some(file) = retries.recv() => {
+                let tenant = file.tenant.clone();
+                manager.queue.push(file);
+                manager.publish(&tenant);
+            }
             Some(path) = events.recv() => {
                 if let Some(file) = ctx.staging.parse(&path) {
                     manager.enqueue(file);
@@ -199,10 +211,16 @@ impl Manager {
             return;
         }
         self.ctx.tracker.discovered(&file.tenant, file.id);
-        self.ctx
-            .metrics
-            .set_files_in_flight(file.tenant.as_str(), self.ctx.tracker.in_flight(&file.tenant));
+        let tenant = file.tenant.clone();
         self.queue.push(file);
+        self.publish(&tenant);
+    }
+
+    /// The tenant's gauges: files in flight, files waiting for a worker.
+    fn publish(&self, tenant: &TenantId) {
+        let metrics = &self.ctx.metrics;
+        metrics.set_files_in_flight(tenant.as_str(), self.ctx.tracker.in_flight(tenant));
+        metrics.set_files_queued(tenant.as_str(), self.queue.queued(tenant));
     }
 
     fn rescan(&mut self) {
@@ -213,50 +231,58 @@ impl Manager {
     }
 
     fn start_what_fits(&mut self) {
-        while let Some(file) = self.queue.next_file() {
+        let (max_files, max_bytes) = (self.ctx.config.group_files, self.ctx.config.group_file_bytes);
+        let small = |file: &StagedFile| std::fs::metadata(&file.path).is_ok_and(|m| m.len() <= max_bytes);
+        while let Some(files) = self.queue.next_group(max_files, small) {
+            self.publish(&files[0].tenant);
             let ctx = Arc::clone(&self.ctx);
             self.running.spawn(async move {
                 // A bug in the platform fails this attempt, not the manager.
-                let outcome = AssertUnwindSafe(ingest::ingest(&ctx, &file))
+                let outcomes = AssertUnwindSafe(ingest::ingest(&ctx, &files))
                     .catch_unwind()
                     .await
-                    .unwrap_or_else(|_| Outcome::Wait {
-                        reason: "the platform failed while ingesting this file".into(),
-                        delay: Duration::from_secs(30),
+                    .unwrap_or_else(|_| {
+                        let failed = Outcome::Wait {
+                            reason: "the platform failed while ingesting this file".into(),
+                            delay: Duration::from_secs(30),
+                        };
+                        vec![failed; files.len()]
                     });
-                (file, outcome)
+                files.into_iter().zip(outcomes).collect()
             });
         }
     }
 
-    fn finished(&mut self, joined: Result<(StagedFile, Outcome), tokio::task::JoinError>) {
-        let Ok((file, outcome)) = joined else {
+    fn finished(&mut self, joined: Result<Vec<(StagedFile, Outcome)>, tokio::task::JoinError>) {
+        let Ok(group) = joined else {
             // Tasks are never aborted and panics are caught inside them.
             return;
         };
-        self.queue.done(&file.tenant);
-        let tenant = file.tenant.clone();
-        match outcome {
-            Outcome::Finished => {
-                self.known.remove(&file.id);
-            }
-            Outcome::Wait { reason, delay } => {
-                if self.ctx.cancel.is_cancelled() {
-                    return;
+        let Some(tenant) = group.first().map(|(file, _)| file.tenant.clone()) else {
+            return;
+        };
+        self.queue.done(&tenant);
+        for (file, outcome) in group {
+            match outcome {
+                Outcome::Finished => {
+                    self.known.remove(&file.id);
                 }
-                log::info!("tenant={} file={} waits {:?}: {reason}", file.tenant, file.id, delay);
-                self.ctx
-                    .tracker
-                    .set_state(&file.tenant, file.id, FileState::Queued, Some(reason));
-                let retry = self.retry.clone();
-                tokio::spawn(async move {
-                    tokio::time::sleep(delay).await;
-                    let _ = retry.send(file).await;
-                });
+                Outcome::Wait { reason, delay } => {
+                    if self.ctx.cancel.is_cancelled() {
+                        continue;
+                    }
+                    log::info!("tenant={} file={} waits {:?}: {reason}", file.tenant, file.id, delay);
+                    self.ctx
+                        .tracker
+                        .set_state(&file.tenant, file.id, FileState::Queued, Some(reason));
+                    let retry = self.retry.clone();
+                    tokio::spawn(async move {
+                        tokio::time::sleep(delay).await;
+                        let _ = retry.send(file).await;
+                    });
+                }
             }
         }
-        self.ctx
-            .metrics
-            .set_files_in_flight(tenant.as_str(), self.ctx.tracker.in_flight(&tenant));
+        self.publish(&tenant);
     }
 }

@@ -68,7 +68,36 @@ impl FairQueue {
         Some(file)
     }
 
-    /// A file of `tenant` finished.
+    /// The next group to start (it counts as one running, like a file): the next file as
+    /// [`next_file`](Self::next_file) picks it, and if `groupable` takes it, the tenant's other
+    /// queued files of its type that `groupable` takes, in arrival order, up to `max_files`.
+    pub fn next_group(&mut self, max_files: usize, groupable: impl Fn(&StagedFile) -> bool) -> Option<Vec<StagedFile>> {
+        let first = self.next_file()?;
+        let tenant = first.tenant.clone();
+        let mut group = vec![first];
+        if max_files <= 1 || !groupable(&group[0]) {
+            return Some(group);
+        }
+        let Some(queue) = self.queues.get_mut(&tenant) else {
+            return Some(group);
+        };
+        // Looking at a bounded stretch of the queue keeps a long queue cheap.
+        let (mut at, mut looked) = (0, 0);
+        while at < queue.len() && group.len() < max_files && looked < max_files * 4 {
+            looked += 1;
+            if queue[at].file_type == group[0].file_type && groupable(&queue[at]) {
+                group.extend(queue.remove(at));
+            } else {
+                at += 1;
+            }
+        }
+        if queue.is_empty() {
+            self.queues.remove(&tenant);
+        }
+        Some(group)
+    }
+
+    /// A file (or group) of `tenant` finished.
     pub fn done(&mut self, tenant: &TenantId) {
         if let Some(n) = self.running.get_mut(tenant) {
             *n = n.saturating_sub(1);
@@ -77,6 +106,11 @@ impl FairQueue {
             }
             self.running_total = self.running_total.saturating_sub(1);
         }
+    }
+
+    /// Files of `tenant` waiting for a turn.
+    pub fn queued(&self, tenant: &TenantId) -> usize {
+        self.queues.get(tenant).map_or(0, VecDeque::len)
     }
 
     /// Files running.
@@ -139,5 +173,35 @@ mod tests {
         }
         let order: Vec<u64> = std::iter::from_fn(|| queue.next_file()).map(|f| f.id.0).collect();
         assert_eq!(order, [3, 1, 2]);
+    }
+
+    fn typed(tenant: &str, id: u64, file_type: &str) -> StagedFile {
+        StagedFile {
+            file_type: file_type.parse().unwrap(),
+            ..file(tenant, id)
+        }
+    }
+
+    #[test]
+    fn a_group_takes_the_tenants_groupable_files_of_one_type_and_counts_as_one() {
+        let mut queue = FairQueue::new(10, 1);
+        for (id, file_type) in [(1, "csv"), (2, "json"), (3, "csv"), (4, "csv"), (5, "csv")] {
+            queue.push(typed("a", id, file_type));
+        }
+        queue.push(file("b", 100));
+        let big = |f: &StagedFile| f.id.0 == 4;
+        let ids = |g: Vec<StagedFile>| g.into_iter().map(|f| f.id.0).collect::<Vec<_>>();
+        assert_eq!(ids(queue.next_group(3, |f| !big(f)).unwrap()), [1, 3, 5]);
+        assert_eq!(queue.running(), 1);
+        assert_eq!(ids(queue.next_group(3, |f| !big(f)).unwrap()), [100], "b's turn");
+        assert!(queue.next_group(3, |f| !big(f)).is_none(), "a has one group running");
+        queue.done(&"a".parse().unwrap());
+        assert_eq!(ids(queue.next_group(3, |f| !big(f)).unwrap()), [2]);
+        queue.done(&"a".parse().unwrap());
+        assert_eq!(
+            ids(queue.next_group(3, |f| !big(f)).unwrap()),
+            [4],
+            "a big file goes alone"
+        );
     }
 }

@@ -116,10 +116,14 @@ pub struct FileReport {
 /// The stages of a file's ingestion, seconds each: they add up to `ingest_time`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct StageTimes {
-    /// The version's tables made ready in the store.
+    /// The version's tables made ready in the store, and the wait for a turn among the
+    /// plugin calls of its group.
     pub prepare: f64,
     /// The plugin reading the file, its rows written (not yet durable).
     pub plugin_and_writes: f64,
-    /// The barrier that made the rows durable (shared with the files that finished together).
+    /// The wait for the other files of its group, and the barrier that made their rows durable.
     pub barrier: f64,
+    /// Files ingested together with this one (itself included), sharing the barrier.
+    #[serde(default)]
+    pub group_files: u32,
 }
