@@ -326,6 +326,10 @@ fn main() -> anyhow::Result<()> {
             big,
             pass.retries
         );
+        println!(
+            "# small files: the last upload answered at {:.2} s; {}",
+            pass.uploads_seconds, pass.stages
+        );
     }
     Ok(())
 }

@@ -29,6 +29,83 @@ pub struct Pass {
     pub seconds: f64,
     /// Uploads answered 429 or 503 and sent again.
     pub retries: u64,
+    /// First request to the last 201.
+    pub uploads_seconds: f64,
+    /// Where the files' time went, from their reports.
+    pub stages: Stages,
+}
+
+/// Medians over the pass's reports, in milliseconds, and the files per barrier.
+#[derive(Debug, Default)]
+pub struct Stages {
+    /// Request to staged (the upload and its fsyncs).
+    pub upload_ms: f64,
+    /// Staged to the ingestion's start (waiting for a worker).
+    pub queued_ms: f64,
+    /// The ingestion's stages.
+    pub prepare_ms: f64,
+    /// The plugin call and its writes.
+    pub plugin_and_writes_ms: f64,
+    /// The wait for the group and the barrier.
+    pub barrier_ms: f64,
+    /// Files sharing a barrier: median and largest.
+    pub group_median: f64,
+    /// The largest group.
+    pub group_max: u64,
+}
+
+impl std::fmt::Display for Stages {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "median ms: upload {:.1}, queued {:.1}, prepare {:.1}, plugin and writes {:.1}, barrier {:.1}; files per barrier: median {:.0}, max {}",
+            self.upload_ms,
+            self.queued_ms,
+            self.prepare_ms,
+            self.plugin_and_writes_ms,
+            self.barrier_ms,
+            self.group_median,
+            self.group_max
+        )
+    }
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values.get(values.len() / 2).copied().unwrap_or(0.0)
+}
+
+/// The stages of the reports of files named `small-*` whose ingestion started after `since`
+/// (seconds since the epoch).
+fn stages(platform: &Platform, tenant: &str, since: f64) -> Stages {
+    let log =
+        std::fs::read_to_string(platform.dir.join(format!("client-reports/{tenant}_report.jsonl"))).unwrap_or_default();
+    let reports: Vec<serde_json::Value> = log
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter(|r| {
+            r["client_file_name"].as_str().is_some_and(|n| n.starts_with("small-"))
+                && r["ingest_start_time"].as_f64().is_some_and(|t| t >= since)
+        })
+        .collect();
+    let ms =
+        |f: &dyn Fn(&serde_json::Value) -> Option<f64>| median(reports.iter().filter_map(f).map(|s| s * 1e3).collect());
+    let stage = |name: &'static str| move |r: &serde_json::Value| r["stages"][name].as_f64();
+    let groups: Vec<f64> = reports
+        .iter()
+        .filter_map(|r| r["stages"]["group_files"].as_f64())
+        .collect();
+    Stages {
+        upload_ms: ms(&|r| {
+            Some(r["total_process_time"].as_f64()? - r["manager_process_time"].as_f64()? - r["ingest_time"].as_f64()?)
+        }),
+        queued_ms: ms(&|r| r["manager_process_time"].as_f64()),
+        prepare_ms: ms(&stage("prepare")),
+        plugin_and_writes_ms: ms(&stage("plugin_and_writes")),
+        barrier_ms: ms(&stage("barrier")),
+        group_max: groups.iter().copied().fold(0.0, f64::max) as u64,
+        group_median: median(groups),
+    }
 }
 
 impl Pass {
@@ -62,6 +139,9 @@ pub fn run(
     let (files_before, rows_before) = ingested(platform, &tenant.name);
     let next = AtomicU64::new(0);
     let retries = AtomicU64::new(0);
+    let since = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64());
     let started = Instant::now();
     std::thread::scope(|scope| -> anyhow::Result<()> {
         let clients: Vec<_> = (0..spec.clients.max(1))
@@ -103,6 +183,7 @@ pub fn run(
         }
         Ok(())
     })?;
+    let uploads_seconds = started.elapsed().as_secs_f64();
     let deadline = Instant::now() + Duration::from_secs(3600);
     let (files, rows) = loop {
         let (files, rows) = ingested(platform, &tenant.name);
@@ -121,5 +202,7 @@ pub fn run(
         rows,
         seconds,
         retries: retries.load(Ordering::Relaxed),
+        uploads_seconds,
+        stages: stages(platform, &tenant.name, since),
     })
 }
