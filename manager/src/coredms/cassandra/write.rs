@@ -1,12 +1,12 @@
 //! The write path: the requests [`plan`](super::plan) made (UNLOGGED batches of rows of one
-//! partition) sent many at a time, each holding a permit of the platform-wide limiter while it is
+//! partition, in the order that suits the cluster's size) sent many at a time, each holding a permit of the platform-wide limiter while it is
 //! in flight, each retried on transient errors.
 
 use futures_util::stream::{self, TryStreamExt};
 use scylla::statement::batch::{Batch, BatchStatement, BatchType};
 use scylla::statement::prepared::PreparedStatement;
 
-use super::plan::{MAX_BATCH_BYTES, plan_requests};
+use super::plan::{MAX_BATCH_BYTES, Order, plan_requests};
 use super::retry::{self, Context};
 use super::tenant::CassandraTenant;
 use crate::coredms::{Rows, StoreError, Value, Written};
@@ -17,7 +17,13 @@ const MAX_IN_FLIGHT_PER_WRITE: usize = 256;
 impl CassandraTenant {
     /// Writes `rows` (of a declared table) with `insert`, the table's prepared INSERT.
     pub(super) async fn write_rows(&self, rows: &Rows, insert: &PreparedStatement) -> Result<Written, StoreError> {
-        let requests = plan_requests(rows, self.shared.config.rows_per_batch, MAX_BATCH_BYTES);
+        // On one node, partition after partition costs the server less; on a cluster, taking
+        // turns spreads the requests in flight over the replicas.
+        let order = match self.shared.session.get_cluster_state().get_nodes_info().len() {
+            0 | 1 => Order::PartitionAfterPartition,
+            _ => Order::PartitionsInTurn,
+        };
+        let requests = plan_requests(rows, self.shared.config.rows_per_batch, MAX_BATCH_BYTES, order);
         let context = Context::new(&self.tenant, "writing rows").on(&rows.table.name);
         stream::iter(requests.into_iter().map(Ok))
             .try_for_each_concurrent(MAX_IN_FLIGHT_PER_WRITE, |request| {
