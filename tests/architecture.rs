@@ -81,7 +81,9 @@ fn rules() -> BTreeMap<&'static str, Vec<&'static str>> {
     // The settings aggregate the components' sections.
     rules.insert(
         "config",
-        vec!["batch", "coredms", "queue", "report", "tenants", "stream", "monitor"],
+        vec![
+            "batch", "coredms", "queue", "report", "tenants", "stream", "monitor", "usage",
+        ],
     );
     let everything: Vec<&str> = rules.keys().copied().chain(["daas", "config"]).collect();
     rules.insert("daas", everything.clone());

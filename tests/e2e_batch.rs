@@ -224,7 +224,7 @@ fn each_violation_gets_its_status_and_message_and_leaves_nothing_in_staging() {
             max_files: 1,
             ..TenantSpec::new("lab", &["csv"])
         };
-        let platform = Platform::start(backend, &[small.clone(), lab.clone()], "");
+        let platform = Platform::start(backend, &[small.clone(), lab.clone()], MEASURE_AFTER_EVERY_FILE);
         platform.install_plugin("lab_plugin_v1", "libclientbatchingestapp_lab_csv.so");
         let csv = Spec::rows(Shape::Client1Csv, 300).to_vec();
 
@@ -338,6 +338,10 @@ fn each_violation_gets_its_status_and_message_and_leaves_nothing_in_staging() {
 }
 
 /// Waits until the tenant's usage was measured after `report`'s file was stored; returns it.
+/// These tests check the usage figure after each file: the platform measures it after every
+/// change, not only near the quota or every five minutes.
+const MEASURE_AFTER_EVERY_FILE: &str = "[usage]\nmax_age_seconds = 0\n";
+
 fn wait_for_usage_after(platform: &Platform, tenant: &TenantSpec, report: &Value) -> u64 {
     let stored_at = report["ingest_end_time"].as_f64().unwrap();
     let mut used = None;
@@ -354,7 +358,7 @@ fn wait_for_usage_after(platform: &Platform, tenant: &TenantSpec, report: &Value
 fn re_ingesting_the_same_file_adds_no_usage_and_never_trips_the_quota() {
     for backend in Backend::all() {
         let client1 = TenantSpec::new("client1", &["csv"]);
-        let mut platform = Platform::start(backend, std::slice::from_ref(&client1), "");
+        let mut platform = Platform::start(backend, std::slice::from_ref(&client1), MEASURE_AFTER_EVERY_FILE);
         let file = Spec::rows(Shape::Client1Csv, 20_000).to_vec();
         let upload = |platform: &Platform, body: &[u8]| {
             let (status, response) = platform.upload("client1", &client1.token(), "same.csv", body);

@@ -224,7 +224,6 @@ fn main() -> anyhow::Result<()> {
     )?;
     drop(warm_rows);
     platform_pass(&platform, &tenant, &warm)?;
-    usage_measured(&platform, &tenant)?;
 
     let mut baselines = Vec::new();
     let mut platforms = Vec::new();
@@ -355,16 +354,7 @@ fn platform_round(
     let (result, cpu) = cpu::during(platform_pid, server_pid, || platform_pass(platform, tenant, path));
     let wall = started.elapsed().as_secs_f64();
     let (ingest, total, rows) = result?;
-    // The platform measures what the tenant's data occupies after each file (in the
-    // background). Waited for here, and its cost shown on its own line, so that it does not
-    // land in whichever pass comes next.
-    let (measured, metering) = cpu::during(platform_pid, server_pid, || usage_measured(platform, tenant));
-    println!(
-        "{:<60} {:>8.2} s (after the report){}",
-        format!("platform: usage measured after round {round}"),
-        measured?,
-        metering.per_row(rows).replace("/row", " per row of the round")
-    );
+
     let measure = |what: &str, seconds: f64| Measure {
         what: format!("platform: {what}, round {round}"),
         rows,
@@ -377,25 +367,6 @@ fn platform_round(
         total: measure("request → stored (total_process_time)", total),
         wall,
     })
-}
-
-/// Waits until the platform has measured the tenant's storage after now; the seconds it took.
-fn usage_measured(platform: &Platform, tenant: &TenantSpec) -> anyhow::Result<f64> {
-    let since = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)?
-        .as_secs_f64();
-    let started = Instant::now();
-    loop {
-        let (_, stats) = platform.get(&format!("/v1/tenants/{}/stats", tenant.name), &tenant.token());
-        if stats["storage_measured_at"].as_f64().is_some_and(|at| at > since) {
-            return Ok(started.elapsed().as_secs_f64());
-        }
-        anyhow::ensure!(
-            started.elapsed() < Duration::from_secs(900),
-            "the platform did not measure the tenant's storage within 15 minutes"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 /// The pid `scripts/services.sh` recorded for Cassandra, if it is there.

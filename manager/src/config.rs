@@ -39,6 +39,8 @@ pub struct PlatformConfig {
     pub plugins: PluginsConfig,
     /// How many reports and rejected rows are kept, and when logs rotate.
     pub reports: ReportsConfig,
+    /// When tenants' storage usage is measured.
+    pub usage: crate::usage::UsageConfig,
 }
 
 /// HTTP settings.

@@ -99,7 +99,7 @@ pub async fn serve(options: ServeOptions, shutdown: impl std::future::Future<Out
         Arc::new(ReportStore::open(&root.join(REPORTS_DIR), config.reports.clone()).context("opening client-reports")?);
     let metrics = Arc::new(Metrics::default());
     let tracker = Arc::new(FileTracker::default());
-    let usage = UsageLedger::new(Arc::clone(&dms));
+    let usage = UsageLedger::new(Arc::clone(&dms), tenants.clone(), config.usage.clone());
     usage.measure_all(
         tenants
             .current()

@@ -12,7 +12,7 @@ use futures_util::StreamExt;
 use futures_util::stream::FuturesOrdered;
 
 use super::BatchContext;
-use crate::coredms::{TenantStorage, TenantStore};
+use crate::coredms::{TenantStorage, TenantStore, Written};
 use crate::crash::crash_point;
 use crate::durable::unix_now;
 use crate::ingest::{self, Drained, Rejects};
@@ -192,8 +192,14 @@ impl<'a> Group<'a> {
                 finishing.push((slot, attempt, drained, rejects));
             }
         }
-        if finishing.iter().any(|(_, _, drained, _)| drained.written.rows > 0)
-            && let Err(e) = ingest::commit(self.store.as_ref(), &ctx.usage, &self.storage).await
+        let written = finishing
+            .iter()
+            .fold(Written::default(), |sum, (_, _, drained, _)| Written {
+                rows: sum.rows + drained.written.rows,
+                bytes: sum.bytes + drained.written.bytes,
+            });
+        if written.rows > 0
+            && let Err(e) = ingest::commit(self.store.as_ref(), &ctx.usage, &self.storage, &written).await
         {
             // Not known to be durable: no report, the files are redone.
             let outcome = wait(

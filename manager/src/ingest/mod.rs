@@ -141,8 +141,9 @@ pub async fn commit(
     store: &dyn TenantStore,
     usage: &Arc<UsageLedger>,
     storage: &TenantStorage,
+    written: &Written,
 ) -> Result<(), StoreError> {
     store.flush().await?;
-    usage.changed(storage.clone());
+    usage.changed(storage.clone(), written.bytes);
     Ok(())
 }

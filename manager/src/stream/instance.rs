@@ -319,7 +319,7 @@ impl Task {
             return Err(Pause(format!("storage failed: {e}")));
         }
         let usage = Arc::clone(&self.ctx.usage);
-        let durable = tokio::spawn(async move { ingest::commit(store.as_ref(), &usage, &storage).await });
+        let durable = tokio::spawn(async move { ingest::commit(store.as_ref(), &usage, &storage, &written).await });
         self.settle().await?;
         self.pending = Some(Uncommitted {
             durable,
