@@ -38,6 +38,8 @@ pub struct StagedFile {
     pub file_type: FileType,
     /// Its path.
     pub path: PathBuf,
+    /// Its size in bytes when it was found (a staged file is complete).
+    pub size: u64,
 }
 
 impl StagedFile {
@@ -228,6 +230,7 @@ impl Staging {
             path: self
                 .dir
                 .join(staged_name(incoming.id, &incoming.tenant, &incoming.file_type)),
+            size: incoming.written,
         };
         // The metadata goes straight to its name: nothing reads it before the file is in the
         // folder, and a file cut off before it got there leaves only this behind.
@@ -253,17 +256,20 @@ impl Staging {
 
     /// The staged file at `path`, if the name is a staging name.
     pub fn parse(&self, path: &Path) -> Option<StagedFile> {
-        if path.parent() != Some(self.dir.as_path()) || !path.is_file() {
+        if path.parent() != Some(self.dir.as_path()) {
             return None;
         }
         let name = path.file_name()?.to_str()?;
         let (id, rest) = name.split_once('_')?;
         let (tenant, file_type) = rest.rsplit_once('.')?;
+        let (id, tenant, file_type) = (id.parse().ok()?, tenant.parse().ok()?, file_type.parse().ok()?);
+        let metadata = fs::metadata(path).ok().filter(fs::Metadata::is_file)?;
         Some(StagedFile {
-            id: id.parse().ok()?,
-            tenant: tenant.parse().ok()?,
-            file_type: file_type.parse().ok()?,
+            id,
+            tenant,
+            file_type,
             path: path.to_path_buf(),
+            size: metadata.len(),
         })
     }
 

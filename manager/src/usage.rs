@@ -83,9 +83,8 @@ pub struct OverQuota {
 
 #[derive(Default)]
 struct Entry {
-    usage: Option<Usage>,
-    /// When the last measurement began.
-    measured: Option<Instant>,
+    /// The last measurement, and when it began.
+    last: Option<(Usage, Instant)>,
     /// Accounting bytes written since the last measurement began.
     written_since: u64,
     /// A measurement task is running for this tenant.
@@ -117,7 +116,7 @@ impl UsageLedger {
 
     /// Whether the tenant of `entry` must be measured now.
     fn due(&self, tenant: &TenantId, entry: &Entry) -> bool {
-        let (Some(usage), Some(measured)) = (entry.usage, entry.measured) else {
+        let Some((usage, measured)) = entry.last else {
             return true;
         };
         let quota = self.quotas.current().get(tenant).map(|t| t.max_memory_size);
@@ -131,7 +130,7 @@ impl UsageLedger {
             return;
         }
         entry.scheduled = true;
-        let at = entry.measured.map_or(Duration::ZERO, |m| {
+        let at = entry.last.map_or(Duration::ZERO, |(_, m)| {
             Duration::from_secs(self.config.max_age_seconds).saturating_sub(m.elapsed())
         });
         let ledger = Arc::clone(self);
@@ -148,7 +147,7 @@ impl UsageLedger {
 
     /// The last measurement, if there was one.
     pub fn known(&self, tenant: &TenantId) -> Option<Usage> {
-        self.entries().get(tenant).and_then(|e| e.usage)
+        self.entries().get(tenant).and_then(|e| e.last).map(|(usage, _)| usage)
     }
 
     /// Refuses while the tenant's data occupies `quota` bytes or more. Measures first if the
@@ -243,12 +242,7 @@ impl UsageLedger {
                 .duration_since(SystemTime::UNIX_EPOCH)
                 .map_or(0.0, |d| d.as_secs_f64()),
         };
-        {
-            let mut entries = self.entries();
-            let entry = entries.entry(storage.tenant.clone()).or_default();
-            entry.usage = Some(usage);
-            entry.measured = Some(started);
-        }
+        self.entries().entry(storage.tenant.clone()).or_default().last = Some((usage, started));
         log::debug!(
             "tenant={} storage_used_bytes={bytes} ms={}",
             storage.tenant,

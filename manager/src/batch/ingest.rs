@@ -52,7 +52,6 @@ struct Group<'a> {
 /// One attempt at a file, with what it works with.
 struct Attempt<'a> {
     group: &'a Group<'a>,
-    ctx: &'a BatchContext,
     file: &'a StagedFile,
     meta: UploadMeta,
     started: f64,
@@ -81,6 +80,12 @@ pub(super) async fn ingest(ctx: &BatchContext, files: &[StagedFile]) -> Vec<Outc
             outcomes[i] = Some(outcome);
         }
     }
+    settled(outcomes)
+}
+
+/// Every file's outcome, filled in slot by slot (a slot left empty would be a bug: that file
+/// waits and is tried again).
+fn settled(outcomes: Vec<Option<Outcome>>) -> Vec<Outcome> {
     outcomes
         .into_iter()
         .map(|o| o.unwrap_or_else(|| wait("the platform lost track of this file", Duration::from_secs(5))))
@@ -222,10 +227,7 @@ impl<'a> Group<'a> {
                 outcomes[slot] = Some(outcome);
             }
         }
-        outcomes
-            .into_iter()
-            .map(|o| o.unwrap_or_else(|| wait("the platform lost track of this file", Duration::from_secs(5))))
-            .collect()
+        settled(outcomes)
     }
 
     /// The version's tables made ready: `Err` if the group must wait (storage down), `Ok(Err)`
@@ -259,7 +261,6 @@ impl<'a> Attempt<'a> {
             .set_state(&file.tenant, file.id, super::FileState::Ingesting, None);
         Ok(Attempt {
             group,
-            ctx,
             file,
             meta,
             started: unix_now(),
@@ -280,14 +281,17 @@ impl<'a> Attempt<'a> {
     fn rejects(&self) -> Rejects {
         Rejects::new(
             Source::File(self.file.id),
-            self.ctx.rejected_tmp_dir.join(format!("{}.jsonl", self.file.name())),
-            self.ctx.reports.config().rejected_rows_kept_per_file,
+            self.group
+                .ctx
+                .rejected_tmp_dir
+                .join(format!("{}.jsonl", self.file.name())),
+            self.group.ctx.reports.config().rejected_rows_kept_per_file,
         )
     }
 
     /// The plugin reads the file; its rows go to the store.
     async fn run(&self, rejects: &mut Rejects) -> Drained {
-        let (ctx, file) = (self.ctx, self.file);
+        let (ctx, file) = (self.group.ctx, self.file);
         let call = FileCall {
             file_id: file.id.to_string(),
             file_name: self.meta.client_file_name.clone(),
@@ -325,7 +329,7 @@ impl<'a> Attempt<'a> {
     /// The report (once the group's barrier made the rows durable), then the staging file
     /// leaves.
     async fn finish(self, drained: Drained, rejects: Rejects, ended: f64, group_files: u32) -> Outcome {
-        let (ctx, file, version) = (self.ctx, self.file, &self.group.version);
+        let (ctx, file, version) = (self.group.ctx, self.file, &self.group.version);
         let error = match (&drained.store_error, &drained.plugin.result) {
             (Some(e), _) => Some(format!("storage failed: {e}")),
             (None, Err(e)) => Some(format!(
@@ -368,7 +372,7 @@ impl<'a> Attempt<'a> {
     }
 
     async fn report(&self, drained: &Drained, rows_failed: u64, error: Option<String>, ended: f64) -> FileReport {
-        let (ctx, file, meta) = (self.ctx, self.file, &self.meta);
+        let (ctx, file, meta) = (self.group.ctx, self.file, &self.meta);
         let path = file.path.clone();
         let file_size = tokio::task::spawn_blocking(move || std::fs::metadata(path).map(|m| m.len()))
             .await

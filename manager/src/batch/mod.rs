@@ -232,7 +232,7 @@ impl Manager {
 
     fn start_what_fits(&mut self) {
         let (max_files, max_bytes) = (self.ctx.config.group_files, self.ctx.config.group_file_bytes);
-        let small = |file: &StagedFile| std::fs::metadata(&file.path).is_ok_and(|m| m.len() <= max_bytes);
+        let small = |file: &StagedFile| file.size <= max_bytes;
         while let Some(files) = self.queue.next_group(max_files, small) {
             self.publish(&files[0].tenant);
             let ctx = Arc::clone(&self.ctx);

@@ -130,6 +130,7 @@ mod tests {
             tenant: tenant.parse().unwrap(),
             file_type: "csv".parse().unwrap(),
             path: "x".into(),
+            size: 0,
         }
     }
 

@@ -1,6 +1,6 @@
 //! The write path: the requests [`plan`](super::plan) made (UNLOGGED batches of rows of one
-//! partition, in the order that suits the cluster's size) sent many at a time, each holding a permit of the platform-wide limiter while it is
-//! in flight, each retried on transient errors.
+//! partition, in the order that suits the cluster's size) sent many at a time, each holding a
+//! permit of the platform-wide limiter while it is in flight, each retried on transient errors.
 
 use futures_util::stream::{self, TryStreamExt};
 use scylla::statement::batch::{Batch, BatchStatement, BatchType};
