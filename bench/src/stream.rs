@@ -115,11 +115,13 @@ fn main() -> anyhow::Result<()> {
         QueueArg::Embedded => QueueBackend::Embedded,
         QueueArg::Kafka => QueueBackend::Kafka,
     };
-    // client1 starts with no instance (the HTTP pass only fills its topic); client2 carries
-    // the latency probes.
+    // client1 starts with no instance (the HTTP pass only fills its topic) and the bench alone
+    // starts and stops its instances (the monitor would start one at the first message);
+    // client2 carries the latency probes.
     let client1 = TenantSpec::new("client1", &["csv"])
         .with("max_messages_per_second", 100_000_000)
-        .with("min_stream_instances", 0);
+        .with("min_stream_instances", 0)
+        .with("autoscale", false);
     let client2 = TenantSpec::new("client2", &["txt"]);
     let platform = Platform::start(
         Backend::Embedded,

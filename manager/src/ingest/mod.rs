@@ -8,10 +8,11 @@
 
 mod rejects;
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
+use tokio::sync::mpsc;
 
 pub use rejects::{RejectSink, Rejects};
 
@@ -73,63 +74,89 @@ pub async fn feed(
 
 type Write = futures_util::future::BoxFuture<'static, Result<Written, StoreError>>;
 
+/// Rows to write, and where.
+type Job = (Arc<dyn TenantStore>, crate::coredms::Rows);
+
 /// Writes in flight to a tenant's store, at most a limit at once, and what they came to.
+///
+/// The writes run on a task of their own: a write starts as soon as it is pushed (in push
+/// order) and goes on while its caller waits for the plugin's next batch, polls the queue, or
+/// has moved on to the next source; [`Writes::settle`] collects them.
 pub struct Writes {
-    in_flight: FuturesUnordered<Write>,
-    limit: usize,
-    written: Written,
-    error: Option<StoreError>,
+    jobs: mpsc::Sender<Job>,
+    driver: tokio::task::JoinHandle<Written>,
+    failed: Arc<OnceLock<StoreError>>,
 }
 
 impl Writes {
     /// No write yet; at most `limit` in flight.
     pub fn new(limit: usize) -> Self {
-        Writes {
-            in_flight: FuturesUnordered::new(),
-            limit: limit.max(1),
-            written: Written::default(),
-            error: None,
-        }
+        // One job waits in the channel while `limit` are in flight: the pusher is held back
+        // when the store is slower than the plugin.
+        let (jobs, received) = mpsc::channel(1);
+        let failed = Arc::new(OnceLock::new());
+        let driver = tokio::spawn(drive(received, limit.max(1), Arc::clone(&failed)));
+        Writes { jobs, driver, failed }
     }
 
     /// Starts writing `rows`, once there is room. Returns `false` (and writes nothing) once a
     /// write has failed.
     pub async fn push(&mut self, store: &Arc<dyn TenantStore>, rows: crate::coredms::Rows) -> bool {
-        while self.in_flight.len() >= self.limit {
-            if let Some(result) = self.in_flight.next().await {
-                self.absorb(result);
-            }
-        }
-        if self.error.is_some() {
+        if self.failed.get().is_some() {
             return false;
         }
-        let store = Arc::clone(store);
-        self.in_flight.push(Box::pin(async move { store.write(rows).await }));
-        true
+        self.jobs.send((Arc::clone(store), rows)).await.is_ok() && self.failed.get().is_none()
     }
 
     /// The first storage error so far, if any.
     pub fn failed(&self) -> Option<&StoreError> {
-        self.error.as_ref()
+        self.failed.get()
     }
 
-    /// Waits for every write in flight: the rows and bytes written, and the first error.
-    pub async fn settle(mut self) -> (Written, Option<StoreError>) {
-        while let Some(result) = self.in_flight.next().await {
-            self.absorb(result);
-        }
-        (self.written, self.error)
-    }
-
-    fn absorb(&mut self, result: Result<Written, StoreError>) {
-        match result {
-            Ok(w) => {
-                self.written.rows += w.rows;
-                self.written.bytes += w.bytes;
-            }
+    /// Waits for every write pushed: the rows and bytes written, and the first error.
+    pub async fn settle(self) -> (Written, Option<StoreError>) {
+        let Writes { jobs, driver, failed } = self;
+        drop(jobs);
+        let written = match driver.await {
+            Ok(written) => written,
             Err(e) => {
-                self.error.get_or_insert(e);
+                let _ = failed.set(StoreError::new(
+                    crate::coredms::StoreErrorKind::Internal,
+                    format!("the writes' task failed: {e}"),
+                ));
+                Written::default()
             }
+        };
+        (written, failed.get().cloned())
+    }
+}
+
+/// Runs the writes of one [`Writes`] until its sender is dropped and every write has ended.
+/// After the first error no further write starts.
+async fn drive(mut jobs: mpsc::Receiver<Job>, limit: usize, failed: Arc<OnceLock<StoreError>>) -> Written {
+    let mut in_flight: FuturesUnordered<Write> = FuturesUnordered::new();
+    let mut written = Written::default();
+    let mut open = true;
+    loop {
+        tokio::select! {
+            // Completions first, so a failure stops the next write from starting.
+            biased;
+            Some(result) = in_flight.next(), if !in_flight.is_empty() => match result {
+                Ok(w) => {
+                    written.rows += w.rows;
+                    written.bytes += w.bytes;
+                }
+                Err(e) => {
+                    let _ = failed.set(e);
+                }
+            },
+            job = jobs.recv(), if open && in_flight.len() < limit => match job {
+                Some(_) if failed.get().is_some() => {}
+                // Pushed into the set, it is first polled (and so sent) in push order.
+                Some((store, rows)) => in_flight.push(Box::pin(async move { store.write(rows).await })),
+                None => open = false,
+            },
+            else => return written,
         }
     }
 }

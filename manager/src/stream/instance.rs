@@ -1,16 +1,18 @@
 //! One stream instance's task: poll a batch from the tenant's topic (at most `batch_messages`,
 //! waiting at most `batch_wait_ms`), hand each partition's messages to the tenant's plugin,
 //! write the rows, make them durable, keep the rejected messages, and only then commit the
-//! offsets. One batch's durability barrier runs while the next is processed, and a partition's
-//! last writes finish while the plugin works on the next partition. A stop is seen between
-//! batches, so the batch in hand is always stored and committed first. A new plugin version is
-//! picked up at a batch boundary.
+//! offsets. The writes start as the plugin hands its rows over and go on, followed by the
+//! batch's durability barrier, while the next batch is polled and processed: up to
+//! [`UNCOMMITTED_AHEAD`] batches are on their way to durable at once, and their offsets are
+//! committed in order, each only once its rows are durable. A stop is seen between batches, so
+//! the batches in hand are always stored and committed first. A new plugin version is picked up
+//! at a batch boundary.
 //!
 //! Anything that cannot go on now (no plugin, storage or the queue unreachable) pauses the
 //! instance with a backoff; what was polled and not committed is delivered again (the consumer
 //! is dropped, so the next one starts from the committed offsets).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -95,6 +97,11 @@ pub struct InstanceStatus {
 /// Why an instance cannot go on now.
 pub(super) struct Pause(pub(super) String);
 
+/// Batches written and on their way to durable while the next one is polled and processed. At
+/// two, the store always has the writes of one batch to do while the instance polls and the
+/// plugin works on the next.
+const UNCOMMITTED_AHEAD: usize = 2;
+
 /// How often the lag is read.
 const LAG_EVERY: Duration = Duration::from_secs(2);
 
@@ -111,8 +118,8 @@ pub(super) struct Task {
     /// The generation whose tables were prepared in the store.
     prepared: Option<u64>,
     lag_read_at: Option<Instant>,
-    /// The batch written and being made durable while the next one is processed.
-    pending: Option<Uncommitted>,
+    /// The batches being written and made durable while the next one is processed, oldest first.
+    pending: VecDeque<Uncommitted>,
     /// Offsets of durable batches whose commit the queue refused (a rebalance under way): sent
     /// again with the next commit, or alone at the next batch boundary, while their partitions
     /// stay with this instance. Without this, a partition that stays put after the rebalance
@@ -154,13 +161,13 @@ impl Period {
 
 /// A batch whose rows are written, on its way to durable, with its offsets not yet committed.
 struct Uncommitted {
-    /// The durability barrier (and usage measurement) running in the background.
-    durable: tokio::task::JoinHandle<Result<(), crate::coredms::StoreError>>,
+    /// Its last writes, then the durability barrier (and usage measurement), running in the
+    /// background.
+    durable: tokio::task::JoinHandle<Result<Written, crate::coredms::StoreError>>,
     offsets: Vec<(u32, u64)>,
     rejected_files: Vec<std::path::PathBuf>,
     messages: u64,
     bytes: u64,
-    written: Written,
     rejected: u64,
     failures: u64,
     timestamps: Vec<i64>,
@@ -185,7 +192,7 @@ pub(super) async fn run(
         plugin: None,
         prepared: None,
         lag_read_at: None,
-        pending: None,
+        pending: VecDeque::new(),
         refused: BTreeMap::new(),
         period: Period::new(unix_now()),
         reports,
@@ -239,10 +246,11 @@ impl Task {
         status.partitions.clear();
     }
 
-    /// One batch: poll, process and write it; then the previous batch, made durable in the
-    /// meantime, has its offsets committed. So the barrier of one batch overlaps the plugin and
-    /// the writes of the next, and a batch's offsets are still committed only once its rows are
-    /// durable, in order.
+    /// One batch: poll, process and hand its rows to the store; its last writes and its barrier
+    /// go on in the background. Then, when [`UNCOMMITTED_AHEAD`] batches are on their way, the
+    /// oldest is waited for and its offsets committed. So the writes and the barrier of one
+    /// batch overlap the poll and the plugin of the next, and a batch's offsets are still
+    /// committed only once its rows are durable, in order.
     async fn step(&mut self) -> Result<(), Pause> {
         if self.ctx.is_paused(&self.tenant) {
             self.settle().await?;
@@ -302,7 +310,7 @@ impl Task {
                 Err(pause) => {
                     // Nothing of this poll (nor of the one before, not yet committed) is
                     // committed: their messages come again.
-                    self.pending = None;
+                    self.pending.clear();
                     self.consumer = None;
                     return Err(pause);
                 }
@@ -312,22 +320,27 @@ impl Task {
             self.read_lag().await;
             self.report(false).await;
         }
-        let (written, store_error) = writes.settle().await;
-        if let Some(e) = store_error {
-            self.pending = None;
-            self.consumer = None;
-            return Err(Pause(format!("storage failed: {e}")));
-        }
+        // The writes go on, and the barrier follows them, while the next batch is polled and
+        // processed; its offsets are committed only once they are durable.
         let usage = Arc::clone(&self.ctx.usage);
-        let durable = tokio::spawn(async move { ingest::commit(store.as_ref(), &usage, &storage, &written).await });
-        self.settle().await?;
-        self.pending = Some(Uncommitted {
+        let durable = tokio::spawn(async move {
+            let (written, store_error) = writes.settle().await;
+            if let Some(e) = store_error {
+                return Err(e);
+            }
+            ingest::commit(store.as_ref(), &usage, &storage, &written).await?;
+            Ok(written)
+        });
+        while self.pending.len() >= UNCOMMITTED_AHEAD {
+            let oldest = self.pending.pop_front().expect("not empty");
+            self.settle_batch(oldest).await?;
+        }
+        self.pending.push_back(Uncommitted {
             durable,
             offsets: up_to.into_iter().collect(),
             rejected_files,
             messages: count,
             bytes,
-            written,
             rejected,
             failures,
             timestamps,
@@ -335,21 +348,34 @@ impl Task {
         Ok(())
     }
 
-    /// Waits until the pending batch is durable, keeps its rejected messages, and commits its
-    /// offsets.
+    /// Waits until every pending batch is durable, keeps their rejected messages, and commits
+    /// their offsets, in order.
     async fn settle(&mut self) -> Result<(), Pause> {
-        let Some(batch) = self.pending.take() else {
+        if self.pending.is_empty() {
+            // Offsets refused before are sent again.
             self.commit(Vec::new()).await;
-            return Ok(());
-        };
+        }
+        while let Some(batch) = self.pending.pop_front() {
+            self.settle_batch(batch).await?;
+        }
+        Ok(())
+    }
+
+    /// Waits until `batch` is durable, keeps its rejected messages, and commits its offsets.
+    async fn settle_batch(&mut self, batch: Uncommitted) -> Result<(), Pause> {
         let durable = match batch.durable.await {
             Ok(result) => result.map_err(|e| e.to_string()),
             Err(e) => Err(format!("the barrier task failed: {e}")),
         };
-        if let Err(e) = durable {
-            self.consumer = None;
-            return Err(Pause(format!("storage could not make the rows durable: {e}")));
-        }
+        let written = match durable {
+            Ok(written) => written,
+            Err(e) => {
+                // This batch and the ones after it are delivered again.
+                self.pending.clear();
+                self.consumer = None;
+                return Err(Pause(format!("storage could not store the rows durably: {e}")));
+            }
+        };
         self.keep_rejects(batch.rejected_files).await;
         self.commit(batch.offsets).await;
         let now_ms = (unix_now() * 1000.0) as i64;
@@ -361,7 +387,7 @@ impl Task {
         let period = &mut self.period;
         period.messages += batch.messages;
         period.bytes += batch.bytes;
-        period.rows += batch.written.rows;
+        period.rows += written.rows;
         period.rejected += batch.rejected;
         for ms in latencies {
             period.latencies.add(ms);
@@ -369,7 +395,7 @@ impl Task {
         let mut status = self.status();
         status.messages += batch.messages;
         status.bytes += batch.bytes;
-        status.rows += batch.written.rows;
+        status.rows += written.rows;
         status.rejected += batch.rejected;
         status.failures += batch.failures;
         status.batches += 1;

@@ -15,6 +15,8 @@
 //!   humidity within 0..=100; `dev-id` must not be empty. A reading that fails is rejected
 //!   with the reason, and the rest of the input goes on.
 
+use std::borrow::Cow;
+
 use plugin_api::time::{date_of_millis, parse_iso8601_millis};
 use plugin_api::{Output, PluginError, Row, Table, TableSpec, Timestamp, row};
 
@@ -258,6 +260,62 @@ pub fn push_json(
     match reading_from_json(value).and_then(Reading::into_row) {
         Ok(row) => out.push(table, row),
         Err(reason) => out.reject(position, reason, raw),
+    }
+}
+
+/// The input keys of a reading as JSON, read straight into their types (no `serde_json::Value`
+/// map per message); strings borrow from the input unless they hold escapes.
+#[derive(serde::Deserialize)]
+struct JsonReading<'a> {
+    time: i64,
+    #[serde(borrow)]
+    readable_time: Cow<'a, str>,
+    acceleration_x: f64,
+    acceleration_y: f64,
+    acceleration_z: f64,
+    battery: f64,
+    humidity: Option<f64>,
+    pressure: Option<f64>,
+    temperature: Option<f64>,
+    #[serde(rename = "dev-id", borrow)]
+    dev_id: Cow<'a, str>,
+}
+
+/// Pushes a reading from the bytes of a JSON object, or rejects it at `position` with the
+/// reason (the raw text kept is `bytes`, lossily decoded). The common case is read straight into
+/// its types; an input that does not fit them (malformed, a key missing, a wrong type) is read
+/// again as a `serde_json::Value` only to say precisely why.
+pub fn push_json_bytes(
+    out: &mut Output,
+    table: Table<ReadingRow>,
+    position: u64,
+    bytes: &[u8],
+) -> Result<(), PluginError> {
+    let raw = || String::from_utf8_lossy(bytes);
+    match serde_json::from_slice::<JsonReading>(bytes) {
+        Ok(json) => {
+            let reading = Reading {
+                time_ms: json.time,
+                readable_time: &json.readable_time,
+                acceleration_mg: [json.acceleration_x, json.acceleration_y, json.acceleration_z],
+                battery_mv: json.battery,
+                humidity_pct: json.humidity,
+                pressure_hpa: json.pressure,
+                temperature_c: json.temperature,
+                dev_id: &json.dev_id,
+            };
+            match reading.into_row() {
+                Ok(row) => out.push(table, row),
+                Err(reason) => out.reject(position, reason, &raw()),
+            }
+        }
+        Err(_) => {
+            let text = raw();
+            match serde_json::from_str::<serde_json::Value>(&text) {
+                Ok(value) => push_json(out, table, position, &value, &text),
+                Err(e) => out.reject(position, format!("not valid JSON: {e}"), &text),
+            }
+        }
     }
 }
 
