@@ -263,6 +263,15 @@ fn the_message_api_refuses_each_limit_with_its_status_and_says_why() {
     let (status, refusal, _) = platform.post_messages("client1", &token, NDJSON, huge.join("\n").as_bytes());
     assert_eq!(status, 413, "{refusal}");
     assert!(refusal["error"].as_str().unwrap().contains("/20000"), "{refusal}");
+    // A refusal of a body much larger than what was read is still an answer the client reads,
+    // not a reset connection (the rest of the body is read and dropped).
+    let bulk = readings(8000, 4).join("\n");
+    for _ in 0..3 {
+        let (status, refusal, _) = platform.post_messages("client1", &token, NDJSON, bulk.as_bytes());
+        assert_eq!(status, 413, "{refusal}");
+        let (status, _, _) = platform.post_messages("client1", "wrong-token", NDJSON, bulk.as_bytes());
+        assert_eq!(status, 401);
+    }
 
     // How fast: the bucket holds a second of messages (100).
     let (status, accepted, _) = platform.post_messages("client1", &token, NDJSON, body.as_bytes());

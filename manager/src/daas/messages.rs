@@ -28,10 +28,26 @@ struct Accepted {
     accepted: usize,
 }
 
-/// Handles a message post.
+/// Handles a message post. A refused request's remaining body is read and dropped (as for a
+/// refused upload), so the client reads the refusal instead of a reset connection.
 pub(super) async fn post(
     state: &ApiState,
     request: Request<Incoming>,
+    tenant: &str,
+) -> Result<Response<Full<Bytes>>, ApiError> {
+    let (parts, mut body) = request.into_parts();
+    let request = Request::from_parts(parts, ());
+    let result = accept(state, &request, &mut body, tenant).await;
+    if result.is_err() {
+        tokio::spawn(super::upload::discard_rest(body));
+    }
+    result
+}
+
+async fn accept(
+    state: &ApiState,
+    request: &Request<()>,
+    body: &mut Incoming,
     tenant: &str,
 ) -> Result<Response<Full<Bytes>>, ApiError> {
     let tenants = state.tenants.current();
@@ -65,7 +81,6 @@ pub(super) async fn post(
         None => Format::Json,
         Some(t) => Format::of(t)?,
     };
-    let mut body = request.into_body();
     let mut parser = Parser::new(format, limits);
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|e| ApiError::bad_request(format!("the request broke off: {e}")))?;

@@ -79,7 +79,7 @@ const DISCARD_IDLE: Duration = Duration::from_secs(5);
 
 /// Reads and drops what is left of a refused upload's body, within [`DISCARD_FOR`], so hyper
 /// can deliver the refusal and keep the connection.
-async fn discard_rest(mut body: Incoming) {
+pub(super) async fn discard_rest(mut body: Incoming) {
     let deadline = tokio::time::Instant::now() + DISCARD_FOR;
     loop {
         let idle = tokio::time::Instant::now() + DISCARD_IDLE;
