@@ -4,8 +4,8 @@
 //! 1. **HTTP → queue**: client1 messages (JSON, ~270 bytes) posted as NDJSON requests by
 //!    several clients at once, acknowledged messages/s; against the same messages produced
 //!    straight to the same queue: `rdkafka` with the platform's producer settings (every message
-//!    sent, then every delivery awaited), or SQLite appends into the embedded queue's own table
-//!    with its pragmas (one fsynced transaction per request's worth).
+//!    sent, then every delivery awaited), or SQLite appends into tables of the shape of the
+//!    embedded queue's segments, with its pragmas (one fsynced transaction per request's worth).
 //! 2. **topic → store**: an instance started on the topic the pass filled, rows/s from its
 //!    first batch to its last (its own counters); against the same rows (wrangled in-process by
 //!    client1's own crate) inserted straight into the same store.
@@ -397,7 +397,13 @@ impl RawQueue {
                 let mode: String = connection.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))?;
                 anyhow::ensure!(mode.eq_ignore_ascii_case("wal"), "WAL refused");
                 connection.execute_batch(mysimbdp::queue::embedded::CONNECTION_PRAGMAS)?;
-                connection.execute_batch(mysimbdp::queue::embedded::SCHEMA)?;
+                // One table per partition, of the shape of the queue's segments.
+                for partition in 0..PARTITIONS {
+                    connection.execute_batch(&format!(
+                        "CREATE TABLE raw_partition_{partition} {};",
+                        mysimbdp::queue::embedded::SEGMENT_COLUMNS
+                    ))?;
+                }
                 Ok(RawQueue::Sqlite {
                     connection,
                     next_offset: vec![0; PARTITIONS as usize],
@@ -459,14 +465,17 @@ impl RawQueue {
                 for chunk in messages.chunks(per_request) {
                     let transaction = connection.transaction()?;
                     {
-                        let mut insert = transaction.prepare_cached(
-                            "INSERT INTO queue_messages (topic_id, partition, message_offset, timestamp_ms, payload)
-                             VALUES (1, ?1, ?2, ?3, ?4)",
-                        )?;
+                        let mut inserts = (0..PARTITIONS)
+                            .map(|partition| {
+                                transaction.prepare(&format!(
+                                    "INSERT INTO raw_partition_{partition} (message_offset, timestamp_ms, payload)
+                                     VALUES (?1, ?2, ?3)"
+                                ))
+                            })
+                            .collect::<Result<Vec<_>, _>>()?;
                         for (index, payload) in chunk.iter().enumerate() {
                             let partition = index % PARTITIONS as usize;
-                            insert.execute(rusqlite::params![
-                                partition as i64,
+                            inserts[partition].execute(rusqlite::params![
                                 next_offset[partition],
                                 now,
                                 payload.as_slice()

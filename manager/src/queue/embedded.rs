@@ -16,24 +16,31 @@
 //!   uncommitted message is delivered again.
 //! - **Bounded memory**: consumers read on demand, one poll (at most `max` messages and
 //!   `max_poll_bytes`) at a time; nothing is prefetched.
-//! - **Retention**: a message is deleted once every group of its topic has committed past it
-//!   (by the writer, every `cleanup_interval_ms` while there is something to delete, in chunks
-//!   so that produce calls never wait long behind it). A group exists from the moment its first
-//!   consumer is created (its position is stored then), and stays until deleted from
-//!   `queue_offsets`: a group that stops consuming holds messages back (its lag shows it).
-//!   Messages of a topic without a group are kept, so nothing is lost before a first consumer
-//!   comes; a group created later starts at the oldest message still kept. Deleted rows free pages that later
-//!   messages reuse: the file keeps the size of the largest backlog (no VACUUM).
+//! - **Retention**: each partition's messages live in segments of 65,536 offsets (one table
+//!   each, see [`segments`]); a segment is dropped whole once every group of its topic has
+//!   committed past its last message (by the writer, every `cleanup_interval_ms` while there
+//!   is something to drop, a few segments at a time so that produce calls never wait long
+//!   behind it). Dropping a table costs a small fraction of deleting its rows one by one; up
+//!   to one segment per partition of consumed messages stays on disk. A group exists from the
+//!   moment its first consumer is created (its position is stored then), and stays until
+//!   deleted from `queue_offsets`: a group that stops consuming holds messages back (its lag
+//!   shows it). Messages of a topic without a group are kept, so nothing is lost before a first
+//!   consumer comes; a group created later starts at the oldest message still kept. Dropped
+//!   segments free pages that later messages reuse: the file keeps the size of the largest
+//!   backlog (no VACUUM).
 //!
 //! One process at a time: a lock (`<data>/queue.lock`, held by an exclusive SQLite connection,
 //! released by the kernel when the process dies) refuses a second opener.
 //!
 //! Tables: `queue_topics` (name, partitions), `queue_partitions` (next offset of each
-//! partition), `queue_messages` (topic, partition, offset, timestamp, payload) and
-//! `queue_offsets` (committed position per group, topic and partition).
+//! partition), `queue_segments` (the segments that exist) with one
+//! `queue_segment_<topic>_<partition>_<segment>` table each (offset, timestamp, payload), and
+//! `queue_offsets` (committed position per group, topic and partition). A database of the
+//! single-table layout (`queue_messages`) is moved into segments when opened.
 
 mod consumer;
 mod groups;
+mod segments;
 mod writer;
 
 use std::collections::HashMap;
@@ -47,6 +54,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 pub use self::consumer::EmbeddedConsumer;
 use self::groups::Groups;
+pub use self::segments::{SEGMENT_COLUMNS, SEGMENT_OFFSETS, stored_messages};
 pub use self::writer::SCHEMA;
 use self::writer::{Request, Writer, internal, load_topics, sqlite_error};
 use super::{Produced, Queue, QueueConfig, QueueConsumer, QueueError, QueueErrorKind, check_group, check_sizes};
@@ -158,8 +166,15 @@ impl EmbeddedQueue {
                 path.display()
             )));
         }
+        connection.set_prepared_statement_cache_capacity(segments::STATEMENT_CACHE);
         connection.execute_batch(SCHEMA).map_err(opening)?;
+        let mut connection = connection;
+        let moved = segments::migrate_single_table(&mut connection).map_err(opening)?;
+        if moved > 0 {
+            log::info!("embedded queue: moved {moved} messages of the single-table layout into segments");
+        }
         let topics = load_topics(&connection).map_err(opening)?;
+        let segments = segments::load(&connection).map_err(opening)?;
         let known: HashMap<TenantId, Arc<TopicInfo>> = topics
             .values()
             .filter_map(|t| Some((t.info.name.parse().ok()?, Arc::clone(&t.info))))
@@ -169,6 +184,7 @@ impl EmbeddedQueue {
         let writer = Writer::new(
             connection,
             topics,
+            segments,
             embedded.max_transaction_bytes as u64,
             Duration::from_millis(embedded.cleanup_interval_ms),
         );
@@ -288,6 +304,7 @@ fn open_reader(path: &Path) -> Result<Connection, QueueError> {
     let reader = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)
         .map_err(reading)?;
     reader.busy_timeout(Duration::from_secs(10)).map_err(reading)?;
+    reader.set_prepared_statement_cache_capacity(segments::STATEMENT_CACHE);
     Ok(reader)
 }
 
@@ -322,8 +339,6 @@ fn lock_process(path: &Path) -> Result<Connection, QueueError> {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Instant;
-
     use super::*;
 
     #[tokio::test]
@@ -338,42 +353,41 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn consumed_messages_are_deleted_once_every_group_committed_them() {
+    async fn a_segment_is_dropped_once_every_group_committed_past_it() {
         let dir = tempfile::tempdir().unwrap();
         let mut config = QueueConfig::default();
         config.embedded.partitions = 1;
         config.embedded.cleanup_interval_ms = 0;
         let queue = EmbeddedQueue::open(&config, dir.path()).await.unwrap();
         let tenant: TenantId = "client1".parse().unwrap();
+        let segment = SEGMENT_OFFSETS;
         queue
-            .produce(&tenant, vec![b"a".to_vec(), b"b".to_vec()])
+            .produce(&tenant, vec![b"m".to_vec(); segment as usize + 2])
             .await
             .unwrap();
         let mut fast = queue.consumer(&tenant, "fast").await.unwrap();
         let mut slow = queue.consumer(&tenant, "slow").await.unwrap();
-        let stored = |dir: &Path| {
-            let connection = open_reader(&dir.join(DATABASE_FILE)).unwrap();
-            connection
-                .query_row("SELECT COUNT(*) FROM queue_messages", [], |r| r.get::<_, i64>(0))
-                .unwrap()
-        };
+        let stored = |dir: &Path| stored_messages(&open_reader(&dir.join(DATABASE_FILE)).unwrap()).unwrap();
         // The writer cleans up after answering; its next answer comes after that cleanup.
-        fast.commit(&[(0, 1)]).await.unwrap();
+        fast.commit(&[(0, segment)]).await.unwrap();
         queue.produce(&tenant, vec![b"c".to_vec()]).await.unwrap();
         assert_eq!(
             stored(dir.path()),
-            3,
+            segment + 3,
             "a group that has not committed yet holds every message"
         );
-        slow.commit(&[(0, 0)]).await.unwrap();
+        slow.commit(&[(0, segment - 2)]).await.unwrap();
         queue.produce(&tenant, vec![b"d".to_vec()]).await.unwrap();
         assert_eq!(
             stored(dir.path()),
-            3,
-            "only the message both groups committed is deleted"
+            segment + 4,
+            "a segment is kept while a group has not consumed all of it"
         );
-        assert_eq!(slow.lag().await.unwrap(), 3);
-        assert_eq!(fast.lag().await.unwrap(), 2);
+        slow.commit(&[(0, segment - 1)]).await.unwrap();
+        queue.produce(&tenant, vec![b"e".to_vec()]).await.unwrap();
+        assert_eq!(stored(dir.path()), 5, "the first segment is dropped whole");
+        assert_eq!(slow.lag().await.unwrap(), 5);
+        assert_eq!(fast.lag().await.unwrap(), 4);
         // A group created later starts at the oldest message kept.
         let mut late = queue.consumer(&tenant, "late").await.unwrap();
         let offsets: Vec<u64> = late
@@ -383,38 +397,96 @@ mod tests {
             .iter()
             .map(|m| m.offset)
             .collect();
-        assert_eq!(offsets, vec![1, 2, 3]);
-        assert_eq!(late.lag().await.unwrap(), 3);
+        assert_eq!(offsets, (segment..segment + 5).collect::<Vec<_>>());
+        assert_eq!(late.lag().await.unwrap(), 5);
     }
 
     #[tokio::test]
-    async fn a_large_committed_backlog_is_deleted_in_chunks_without_further_writes() {
+    async fn a_poll_reads_across_segments_in_offset_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = QueueConfig::default();
+        config.embedded.partitions = 2;
+        let queue = EmbeddedQueue::open(&config, dir.path()).await.unwrap();
+        let tenant: TenantId = "client1".parse().unwrap();
+        let total = SEGMENT_OFFSETS as usize * 2 * 2 + 6;
+        let messages: Vec<Vec<u8>> = (0..total).map(|i| i.to_string().into_bytes()).collect();
+        queue.produce(&tenant, messages).await.unwrap();
+        let mut consumer = queue.consumer(&tenant, "g").await.unwrap();
+        let mut next = [0u64; 2];
+        let mut seen = 0;
+        while seen < total {
+            let batch = consumer.poll(50_000, Duration::from_secs(1)).await.unwrap();
+            assert!(!batch.is_empty(), "{seen} of {total} read");
+            for message in &batch {
+                let p = message.partition as usize;
+                assert_eq!(message.offset, next[p], "partition {p} in order, nothing skipped");
+                // Round-robin: the message's index is its offset's place over the partitions.
+                let index = message.offset as usize * 2 + p;
+                assert_eq!(message.payload, index.to_string().into_bytes());
+                next[p] += 1;
+            }
+            seen += batch.len();
+        }
+        assert_eq!(next, [SEGMENT_OFFSETS * 2 + 3; 2]);
+        assert_eq!(consumer.lag().await.unwrap(), total as u64);
+    }
+
+    #[tokio::test]
+    async fn a_queue_of_the_single_table_layout_is_moved_into_segments_when_opened() {
         let dir = tempfile::tempdir().unwrap();
         let mut config = QueueConfig::default();
         config.embedded.partitions = 1;
-        config.embedded.cleanup_interval_ms = 10;
+        {
+            let queue = EmbeddedQueue::open(&config, dir.path()).await.unwrap();
+            let tenant: TenantId = "client1".parse().unwrap();
+            queue.produce(&tenant, vec![b"x".to_vec()]).await.unwrap();
+            let mut consumer = queue.consumer(&tenant, "g").await.unwrap();
+            consumer.commit(&[(0, 0)]).await.unwrap();
+        }
+        // Make it the layout before segments: offsets 1..=70,000 in `queue_messages` (offset
+        // 0 consumed and deleted), partition 0 at 70,001.
+        {
+            let connection = Connection::open(dir.path().join(DATABASE_FILE)).unwrap();
+            for id in segments::load(&connection).unwrap() {
+                segments::drop(&connection, id).unwrap();
+            }
+            connection
+                .execute_batch(
+                    "CREATE TABLE queue_messages (topic_id INTEGER NOT NULL, partition INTEGER NOT NULL,
+                       message_offset INTEGER NOT NULL, timestamp_ms INTEGER NOT NULL, payload BLOB NOT NULL,
+                       PRIMARY KEY (topic_id, partition, message_offset)) STRICT, WITHOUT ROWID;
+                     WITH RECURSIVE n(o) AS (SELECT 1 UNION ALL SELECT o + 1 FROM n WHERE o < 70000)
+                     INSERT INTO queue_messages SELECT 1, 0, o, 0, CAST(CAST(o AS TEXT) AS BLOB) FROM n;
+                     UPDATE queue_partitions SET next_offset = 70001;",
+                )
+                .unwrap();
+        }
         let queue = EmbeddedQueue::open(&config, dir.path()).await.unwrap();
         let tenant: TenantId = "client1".parse().unwrap();
-        let total = writer::CLEANUP_CHUNK as usize * 2 + 1;
-        for _ in 0..3 {
-            queue.produce(&tenant, vec![vec![1u8]; total / 3]).await.unwrap();
-        }
         let mut consumer = queue.consumer(&tenant, "g").await.unwrap();
-        consumer.commit(&[(0, total as u64 - 2)]).await.unwrap();
-        let path = dir.path().join(DATABASE_FILE);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let left: i64 = open_reader(&path)
-                .unwrap()
-                .query_row("SELECT COUNT(*) FROM queue_messages", [], |r| r.get(0))
-                .unwrap();
-            if left == 1 {
-                break;
+        assert_eq!(consumer.lag().await.unwrap(), 70_000);
+        let mut offsets = Vec::new();
+        while offsets.len() < 70_000 {
+            let batch = consumer.poll(100_000, Duration::from_secs(1)).await.unwrap();
+            assert!(!batch.is_empty());
+            for message in batch {
+                assert_eq!(message.payload, message.offset.to_string().into_bytes());
+                offsets.push(message.offset);
             }
-            assert!(Instant::now() < deadline, "{left} messages left, 1 expected");
-            tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        assert_eq!(consumer.lag().await.unwrap(), 1);
+        assert_eq!(offsets, (1..=70_000).collect::<Vec<u64>>());
+        queue.produce(&tenant, vec![b"new".to_vec()]).await.unwrap();
+        let after = consumer.poll(10, Duration::from_secs(1)).await.unwrap();
+        assert_eq!(after.iter().map(|m| m.offset).collect::<Vec<_>>(), [70_001]);
+        let connection = open_reader(&dir.path().join(DATABASE_FILE)).unwrap();
+        let old: i64 = connection
+            .query_row(
+                "SELECT COUNT(*) FROM sqlite_master WHERE name = 'queue_messages'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(old, 0, "the old table is gone");
     }
 
     #[tokio::test]

@@ -10,6 +10,7 @@ use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::watch;
 
+use super::segments;
 use super::writer::{Request, internal, sqlite_error};
 use super::{Shared, TopicInfo, open_reader};
 use crate::queue::{QueueConsumer, QueueError, QueuedMessage};
@@ -221,45 +222,82 @@ fn read_partitions(
         };
         positions.push((partition, position));
     }
-    let mut select = transaction.prepare_cached(
-        "SELECT message_offset, timestamp_ms, payload FROM queue_messages
-          WHERE topic_id = ?1 AND partition = ?2 AND message_offset >= ?3
-          ORDER BY message_offset LIMIT ?4",
-    )?;
-    let (mut messages, mut bytes) = (Vec::new(), 0usize);
+    let mut read = Gathered {
+        messages: Vec::new(),
+        bytes: 0,
+        max_bytes,
+    };
     let mut more = true;
-    while more && messages.len() < max && bytes < max_bytes {
+    while more && read.messages.len() < max && !read.full() {
         more = false;
-        let share = (max - messages.len()).div_ceil(positions.len());
+        let share = (max - read.messages.len()).div_ceil(positions.len());
         for (partition, position) in positions.iter_mut() {
-            let take = share.min(max - messages.len());
-            if take == 0 || bytes >= max_bytes {
+            let take = share.min(max - read.messages.len());
+            if take == 0 || read.full() {
                 break;
             }
-            let mut rows = select.query(params![topic_id, *partition, *position as i64, take as i64])?;
-            let mut read = 0;
-            while let Some(row) = rows.next()? {
-                let payload = row.get_ref(2)?.as_blob()?.to_vec();
-                let offset = row.get::<_, i64>(0)? as u64;
-                bytes += payload.len();
-                messages.push(QueuedMessage {
-                    partition: *partition,
-                    offset,
-                    timestamp_ms: row.get(1)?,
-                    payload,
-                });
-                *position = offset + 1;
-                read += 1;
-                if bytes >= max_bytes {
-                    break;
-                }
-            }
-            more |= read == take;
+            more |= read_partition(&transaction, topic_id, *partition, position, take, &mut read)? == take;
         }
     }
-    drop(select);
+    let messages = read.messages;
     transaction.commit()?;
     Ok((messages, positions))
+}
+
+/// The messages of one poll so far.
+struct Gathered {
+    messages: Vec<QueuedMessage>,
+    bytes: usize,
+    max_bytes: usize,
+}
+
+impl Gathered {
+    fn full(&self) -> bool {
+        self.bytes >= self.max_bytes
+    }
+}
+
+/// Reads up to `take` messages of one partition from `position` on into `read`, through the
+/// partition's segments in order (a position below the oldest segment, whose messages every
+/// group has consumed, moves to the oldest kept), stopping once `read` is full. Returns how
+/// many it read.
+fn read_partition(
+    transaction: &Connection,
+    topic_id: i64,
+    partition: u32,
+    position: &mut u64,
+    take: usize,
+    read: &mut Gathered,
+) -> rusqlite::Result<usize> {
+    let mut count = 0;
+    for segment in segments::listed(transaction, topic_id, partition, segments::segment_of(*position))? {
+        let mut select = transaction.prepare_cached(&format!(
+            "SELECT message_offset, timestamp_ms, payload FROM {}
+              WHERE message_offset >= ?1 ORDER BY message_offset LIMIT ?2",
+            segments::table((topic_id, partition, segment))
+        ))?;
+        let mut rows = select.query(params![*position as i64, (take - count) as i64])?;
+        while let Some(row) = rows.next()? {
+            let payload = row.get_ref(2)?.as_blob()?.to_vec();
+            let offset = row.get::<_, i64>(0)? as u64;
+            read.bytes += payload.len();
+            read.messages.push(QueuedMessage {
+                partition,
+                offset,
+                timestamp_ms: row.get(1)?,
+                payload,
+            });
+            *position = offset + 1;
+            count += 1;
+            if read.full() {
+                return Ok(count);
+            }
+        }
+        if count == take {
+            break;
+        }
+    }
+    Ok(count)
 }
 
 fn committed_offset(connection: &Connection, topic_id: i64, group: &str, partition: u32) -> rusqlite::Result<u64> {
@@ -275,22 +313,22 @@ fn committed_offset(connection: &Connection, topic_id: i64, group: &str, partiti
 /// Per partition: the next offset, minus the group's committed offset or, when higher, the
 /// oldest offset still stored.
 fn group_lag(reader: &Connection, topic_id: i64, group: &str) -> rusqlite::Result<u64> {
-    let mut statement = reader.prepare_cached(
-        "SELECT p.next_offset, COALESCE(o.next_offset, 0),
-                COALESCE((SELECT MIN(m.message_offset) FROM queue_messages AS m
-                           WHERE m.topic_id = p.topic_id AND m.partition = p.partition), p.next_offset)
-           FROM queue_partitions AS p
-           LEFT JOIN queue_offsets AS o
-             ON o.topic_id = p.topic_id AND o.partition = p.partition AND o.group_name = ?2
-          WHERE p.topic_id = ?1",
-    )?;
-    let rows = statement.query_map(params![topic_id, group], |r| {
-        Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
-    })?;
+    let transaction = reader.unchecked_transaction()?;
+    let partitions: Vec<(u32, i64, i64)> = transaction
+        .prepare_cached(
+            "SELECT p.partition, p.next_offset, COALESCE(o.next_offset, 0)
+               FROM queue_partitions AS p
+               LEFT JOIN queue_offsets AS o
+                 ON o.topic_id = p.topic_id AND o.partition = p.partition AND o.group_name = ?2
+              WHERE p.topic_id = ?1",
+        )?
+        .query_map(params![topic_id, group], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+        .collect::<rusqlite::Result<_>>()?;
     let mut lag = 0u64;
-    for row in rows {
-        let (next, committed, oldest) = row?;
+    for (partition, next, committed) in partitions {
+        let oldest = segments::oldest_offset(&transaction, topic_id, partition)?.map_or(next, |o| o as i64);
         lag += (next - committed.max(oldest)).max(0) as u64;
     }
+    transaction.commit()?;
     Ok(lag)
 }

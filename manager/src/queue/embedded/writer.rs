@@ -11,6 +11,7 @@ use rusqlite::{Connection, Transaction, params};
 use tokio::sync::{mpsc, oneshot};
 
 use super::TopicInfo;
+use super::segments::{self, SegmentId};
 use crate::queue::{Produced, QueueError, QueueErrorKind, now_ms};
 
 /// Tables of the queue database (one file for every tenant's topic).
@@ -27,13 +28,11 @@ pub const SCHEMA: &str = "
         next_offset INTEGER NOT NULL,
         PRIMARY KEY (topic_id, partition)
     ) STRICT, WITHOUT ROWID;
-    CREATE TABLE IF NOT EXISTS queue_messages (
+    CREATE TABLE IF NOT EXISTS queue_segments (
         topic_id INTEGER NOT NULL,
         partition INTEGER NOT NULL,
-        message_offset INTEGER NOT NULL,
-        timestamp_ms INTEGER NOT NULL,
-        payload BLOB NOT NULL,
-        PRIMARY KEY (topic_id, partition, message_offset)
+        segment INTEGER NOT NULL,
+        PRIMARY KEY (topic_id, partition, segment)
     ) STRICT, WITHOUT ROWID;
     CREATE TABLE IF NOT EXISTS queue_offsets (
         topic_id INTEGER NOT NULL,
@@ -43,9 +42,9 @@ pub const SCHEMA: &str = "
         PRIMARY KEY (topic_id, group_name, partition)
     ) STRICT, WITHOUT ROWID;";
 
-/// Rows one cleanup pass deletes at most per partition, so a cleanup never holds the writer
-/// for long; the rest goes in the next passes.
-pub(super) const CLEANUP_CHUNK: u64 = 100_000;
+/// Segments one cleanup pass drops at most per partition, so a cleanup never holds the writer
+/// for long; the rest go in the next passes.
+pub(super) const CLEANUP_SEGMENTS: usize = 16;
 
 /// A request to the writer, answered once durable.
 pub(super) enum Request {
@@ -127,6 +126,8 @@ pub(super) struct Writer {
     pub(super) topics: HashMap<i64, TopicState>,
     pub(super) max_transaction_bytes: u64,
     pub(super) cleanup_interval: Duration,
+    /// The segments that exist.
+    segments: HashSet<SegmentId>,
     /// Topics with commits since the last cleanup.
     dirty: HashSet<i64>,
     last_cleanup: Instant,
@@ -139,6 +140,7 @@ type Answer = Box<dyn FnOnce(Result<(), QueueError>)>;
 #[derive(Default)]
 struct Undo {
     created: Vec<i64>,
+    segments: Vec<SegmentId>,
     offsets: HashMap<i64, (Vec<u64>, u64)>,
 }
 
@@ -146,6 +148,7 @@ impl Writer {
     pub(super) fn new(
         connection: Connection,
         topics: HashMap<i64, TopicState>,
+        segments: HashSet<SegmentId>,
         max_transaction_bytes: u64,
         cleanup_interval: Duration,
     ) -> Self {
@@ -154,6 +157,7 @@ impl Writer {
             topics,
             max_transaction_bytes,
             cleanup_interval,
+            segments,
             // Clean up soon after start: committed messages of an earlier run may be left.
             dirty: HashSet::new(),
             last_cleanup: Instant::now(),
@@ -239,7 +243,7 @@ impl Writer {
                             undo.offsets
                                 .entry(topic_id)
                                 .or_insert_with(|| (topic.next.clone(), topic.round_robin));
-                            append(&transaction, topic, &messages)?;
+                            append(&transaction, topic, &mut self.segments, &mut undo, &messages)?;
                             touched.insert(topic_id);
                             let produced = Produced {
                                 messages: messages.len() as u64,
@@ -295,6 +299,9 @@ impl Writer {
                 for id in undo.created {
                     self.topics.remove(&id);
                 }
+                for id in undo.segments {
+                    self.segments.remove(&id);
+                }
                 for (id, (next, round_robin)) in undo.offsets {
                     if let Some(topic) = self.topics.get_mut(&id) {
                         topic.next = next;
@@ -309,13 +316,13 @@ impl Writer {
         }
     }
 
-    /// Deletes messages that every group which committed on the topic has consumed. Messages of
-    /// a topic no group has committed on are kept.
+    /// Drops the segments whose messages every group which committed on the topic has
+    /// consumed. Messages of a topic no group has committed on are kept.
     fn cleanup(&mut self) {
         self.last_cleanup = Instant::now();
         let dirty: Vec<i64> = self.dirty.drain().collect();
         let started = Instant::now();
-        let mut deleted = 0usize;
+        let mut dropped = Vec::new();
         let result = (|| -> rusqlite::Result<()> {
             let transaction = self.connection.transaction()?;
             for topic_id in dirty {
@@ -323,44 +330,47 @@ impl Writer {
                     continue;
                 };
                 for partition in 0..topic.info.partitions {
-                    let (floor, low) = cleanup_bounds(&transaction, topic_id, partition)?;
-                    let (Some(floor), Some(low)) = (floor, low) else {
+                    let Some(floor) = cleanup_floor(&transaction, topic_id, partition)? else {
                         continue;
                     };
-                    let until = floor.min(low.saturating_add(CLEANUP_CHUNK));
-                    if until <= low {
-                        continue;
-                    }
-                    deleted += transaction
-                        .prepare_cached(
-                            "DELETE FROM queue_messages WHERE topic_id = ?1 AND partition = ?2 AND message_offset < ?3",
-                        )?
-                        .execute(params![topic_id, partition, until as i64])?;
-                    if until < floor {
+                    // Whole segments below the floor: their last offset is under it.
+                    let consumed: Vec<u64> = segments::listed(&transaction, topic_id, partition, 0)?
+                        .into_iter()
+                        .take_while(|&segment| segments::first_offset(segment + 1) <= floor)
+                        .collect();
+                    if consumed.len() > CLEANUP_SEGMENTS {
                         self.dirty.insert(topic_id);
+                    }
+                    for segment in consumed.into_iter().take(CLEANUP_SEGMENTS) {
+                        let id = (topic_id, partition, segment);
+                        segments::drop(&transaction, id)?;
+                        dropped.push(id);
                     }
                 }
             }
             transaction.commit()
         })();
         match result {
-            Ok(()) if deleted > 0 => log::debug!(
-                "embedded queue: deleted {deleted} consumed messages ms={}",
-                started.elapsed().as_millis()
-            ),
-            Ok(()) => {}
-            Err(e) => log::warn!("embedded queue: deleting consumed messages failed (will retry): {e}"),
+            Ok(()) => {
+                if !dropped.is_empty() {
+                    log::debug!(
+                        "embedded queue: dropped {} consumed segments ms={}",
+                        dropped.len(),
+                        started.elapsed().as_millis()
+                    );
+                }
+                for id in dropped {
+                    self.segments.remove(&id);
+                }
+            }
+            Err(e) => log::warn!("embedded queue: dropping consumed segments failed (will retry): {e}"),
         }
     }
 }
 
 /// The lowest committed position over the groups that committed on the topic (a group without
-/// a position on this partition counts as 0), and the lowest offset still stored.
-fn cleanup_bounds(
-    transaction: &Transaction,
-    topic_id: i64,
-    partition: u32,
-) -> rusqlite::Result<(Option<u64>, Option<u64>)> {
+/// a position on this partition counts as 0); `None` when no group committed on it.
+fn cleanup_floor(transaction: &Transaction, topic_id: i64, partition: u32) -> rusqlite::Result<Option<u64>> {
     let floor: Option<i64> = transaction
         .prepare_cached(
             "SELECT MIN(COALESCE(o.next_offset, 0))
@@ -369,10 +379,7 @@ fn cleanup_bounds(
              ON o.topic_id = ?1 AND o.group_name = g.group_name AND o.partition = ?2",
         )?
         .query_row(params![topic_id, partition], |r| r.get(0))?;
-    let low: Option<i64> = transaction
-        .prepare_cached("SELECT MIN(message_offset) FROM queue_messages WHERE topic_id = ?1 AND partition = ?2")?
-        .query_row(params![topic_id, partition], |r| r.get(0))?;
-    Ok((floor.map(|f| f as u64), low.map(|l| l as u64)))
+    Ok(floor.map(|f| f as u64))
 }
 
 fn ensure_topic(
@@ -409,25 +416,41 @@ fn ensure_topic(
     Ok(info)
 }
 
-fn append(transaction: &Transaction, topic: &mut TopicState, messages: &[Vec<u8>]) -> rusqlite::Result<()> {
-    let mut insert = transaction.prepare_cached(
-        "INSERT INTO queue_messages (topic_id, partition, message_offset, timestamp_ms, payload)
-         VALUES (?1, ?2, ?3, ?4, ?5)",
-    )?;
+fn append(
+    transaction: &Transaction,
+    topic: &mut TopicState,
+    existing: &mut HashSet<SegmentId>,
+    undo: &mut Undo,
+    messages: &[Vec<u8>],
+) -> rusqlite::Result<()> {
     let timestamp = now_ms();
     let partitions = topic.next.len() as u64;
+    // Each partition's current segment and the statement that appends to it.
+    let mut inserts: Vec<Option<(u64, String)>> = vec![None; topic.next.len()];
     for message in messages {
         let partition = (topic.round_robin % partitions) as usize;
         topic.round_robin = topic.round_robin.wrapping_add(1);
         let offset = topic.next[partition];
+        let segment = segments::segment_of(offset);
+        let slot = &mut inserts[partition];
+        if slot.as_ref().is_none_or(|(s, _)| *s != segment) {
+            let id = (topic.info.id, partition as u32, segment);
+            if !existing.contains(&id) {
+                segments::create(transaction, id)?;
+                existing.insert(id);
+                undo.segments.push(id);
+            }
+            let sql = format!(
+                "INSERT INTO {} (message_offset, timestamp_ms, payload) VALUES (?1, ?2, ?3)",
+                segments::table(id)
+            );
+            *slot = Some((segment, sql));
+        }
+        let (_, sql) = slot.as_ref().expect("just set");
+        transaction
+            .prepare_cached(sql)?
+            .execute(params![offset as i64, timestamp, message.as_slice()])?;
         topic.next[partition] += 1;
-        insert.execute(params![
-            topic.info.id,
-            partition as i64,
-            offset as i64,
-            timestamp,
-            message.as_slice()
-        ])?;
     }
     Ok(())
 }
