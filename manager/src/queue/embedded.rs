@@ -14,8 +14,9 @@
 //!   topic and partition, and only ever move forward; a consumer reads a partition newly
 //!   assigned to it from the group's committed offset, so after a restart or crash every
 //!   uncommitted message is delivered again.
-//! - **Bounded memory**: consumers read on demand, one poll (at most `max` messages and
-//!   `max_poll_bytes`) at a time; nothing is prefetched.
+//! - **Bounded memory**: a consumer reads one poll (at most `max` messages and
+//!   `max_poll_bytes`) at a time, and one ahead: when a poll returns messages, the read for the
+//!   next starts while they are processed (dropped if the assignment changes in between).
 //! - **Retention**: each partition's messages live in segments of 65,536 offsets (one table
 //!   each, see [`segments`]); a segment is dropped whole once every group of its topic has
 //!   committed past its last message (by the writer, every `cleanup_interval_ms` while there
@@ -429,6 +430,51 @@ mod tests {
         }
         assert_eq!(next, [SEGMENT_OFFSETS * 2 + 3; 2]);
         assert_eq!(consumer.lag().await.unwrap(), total as u64);
+    }
+
+    #[tokio::test]
+    async fn the_read_ahead_skips_nothing_when_the_poll_is_smaller_or_the_group_rebalances() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = QueueConfig::default();
+        config.embedded.partitions = 2;
+        let queue = EmbeddedQueue::open(&config, dir.path()).await.unwrap();
+        let tenant: TenantId = "client1".parse().unwrap();
+        queue.produce(&tenant, vec![b"m".to_vec(); 400]).await.unwrap();
+        let mut first = queue.consumer(&tenant, "g").await.unwrap();
+        let mut next = [0u64; 2];
+        let check = |batch: &[crate::queue::QueuedMessage], next: &mut [u64; 2]| {
+            for m in batch {
+                assert_eq!(
+                    m.offset, next[m.partition as usize],
+                    "partition {} in order",
+                    m.partition
+                );
+                next[m.partition as usize] += 1;
+            }
+        };
+        let batch = first.poll(100, Duration::from_secs(1)).await.unwrap();
+        assert_eq!(batch.len(), 100);
+        check(&batch, &mut next);
+        // The read ahead holds 100; a poll of 10 reads anew from where the last one ended.
+        let batch = first.poll(10, Duration::from_secs(1)).await.unwrap();
+        assert_eq!(batch.len(), 10);
+        check(&batch, &mut next);
+        // A second member takes a partition: the read ahead (of both) is dropped, the kept
+        // partition goes on from its position.
+        let mut second = queue.consumer(&tenant, "g").await.unwrap();
+        let kept = first.assignment().unwrap();
+        assert_eq!(kept.len(), 1);
+        let batch = first.poll(1000, Duration::from_secs(1)).await.unwrap();
+        assert!(batch.iter().all(|m| m.partition == kept[0]));
+        check(&batch, &mut next);
+        assert_eq!(
+            next[kept[0] as usize], 200,
+            "the rest of the kept partition, nothing skipped"
+        );
+        // The moved partition is read by its new member from the committed offset (none yet).
+        let moved = second.poll(1000, Duration::from_secs(1)).await.unwrap();
+        assert_eq!(moved.len(), 200);
+        assert_eq!(moved.first().map(|m| m.offset), Some(0));
     }
 
     #[tokio::test]

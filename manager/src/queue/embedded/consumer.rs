@@ -33,6 +33,8 @@ pub struct EmbeddedConsumer {
     positions: BTreeMap<u32, Option<u64>>,
     /// Which partition is read first, rotating so that each gets its turn.
     rotation: usize,
+    /// The next poll's read, started when this one returned messages.
+    ahead: Option<Ahead>,
 }
 
 impl EmbeddedConsumer {
@@ -56,6 +58,7 @@ impl EmbeddedConsumer {
             generation: u64::MAX,
             positions: BTreeMap::new(),
             rotation: 0,
+            ahead: None,
         }
     }
 
@@ -107,29 +110,97 @@ impl EmbeddedConsumer {
         })
     }
 
-    /// Reads up to `max` messages from the assigned partitions and advances the positions.
+    /// Reads up to `max` messages from the assigned partitions and advances the positions: the
+    /// read started ahead when it still fits (same assignment, some messages, no more than
+    /// `max`), else a new one.
     async fn read(&mut self, max: usize) -> Result<Vec<QueuedMessage>, QueueError> {
-        if self.positions.is_empty() {
+        if let Some(ahead) = self.ahead.take() {
+            let generation = ahead.generation;
+            // A read ahead that failed or does not fit is dropped: the new read says why.
+            if let Ok((messages, positions)) = self.join(ahead).await
+                && generation == self.generation
+                && !messages.is_empty()
+                && messages.len() <= max
+            {
+                self.advance(positions);
+                return Ok(messages);
+            }
+        }
+        let Some(read) = self.start(max) else {
             return Ok(Vec::new());
+        };
+        let (messages, positions) = self.join(read).await?;
+        self.advance(positions);
+        Ok(messages)
+    }
+
+    /// Starts reading up to `max` messages from the current positions on the blocking pool.
+    fn start(&mut self, max: usize) -> Option<Ahead> {
+        if self.positions.is_empty() {
+            return None;
         }
         let count = self.positions.len();
-        let start = self.rotation % count;
+        let first = self.rotation % count;
         self.rotation = self.rotation.wrapping_add(1);
         let mut order: Vec<(u32, Option<u64>)> = self.positions.iter().map(|(p, o)| (*p, *o)).collect();
-        order.rotate_left(start);
+        order.rotate_left(first);
         let (topic_id, group, max_bytes) = (self.topic.id, self.group.clone(), self.shared.max_poll_bytes);
-        let (messages, positions) = self
-            .with_reader("reading messages", move |reader| {
-                read_partitions(reader, topic_id, &group, order, max, max_bytes)
-            })
-            .await?;
+        let reader = self.reader.take();
+        let path = self.shared.path.clone();
+        let task = tokio::task::spawn_blocking(move || {
+            let reader = match reader {
+                Some(reader) => reader,
+                None => match open_reader(&path) {
+                    Ok(reader) => reader,
+                    Err(e) => return (None, Err(e)),
+                },
+            };
+            let result = read_partitions(&reader, topic_id, &group, order, max, max_bytes)
+                .map_err(|e| sqlite_error("reading messages", e));
+            (Some(reader), result)
+        });
+        Some(Ahead {
+            generation: self.generation,
+            task,
+        })
+    }
+
+    /// Waits for a read and takes its connection back.
+    async fn join(&mut self, read: Ahead) -> Result<(Vec<QueuedMessage>, Positions), QueueError> {
+        let (reader, result) = read
+            .task
+            .await
+            .map_err(|e| internal(format!("reading messages failed: {e}")))?;
+        if reader.is_some() {
+            self.reader = reader;
+        }
+        result.map_err(|e| {
+            QueueError::new(
+                e.kind,
+                format!("tenant {} group {}: {}", self.tenant, self.group, e.message),
+            )
+        })
+    }
+
+    /// Moves the positions past what a read returned.
+    fn advance(&mut self, positions: Positions) {
         for (partition, position) in positions {
             if let Some(slot) = self.positions.get_mut(&partition) {
                 *slot = Some(position);
             }
         }
-        Ok(messages)
     }
+}
+
+/// A read on the blocking pool: the connection back, and the messages with each read
+/// partition's new position.
+type ReadTask = tokio::task::JoinHandle<(Option<Connection>, Result<(Vec<QueuedMessage>, Positions), QueueError>)>;
+
+/// A read started for the next poll while the messages of this one are processed.
+struct Ahead {
+    /// The assignment generation it read for: another generation discards it.
+    generation: u64,
+    task: ReadTask,
 }
 
 #[async_trait]
@@ -142,6 +213,8 @@ impl QueueConsumer for EmbeddedConsumer {
             self.refresh_assignment();
             let messages = self.read(max.max(1)).await?;
             if !messages.is_empty() {
+                // The next poll's messages are read while these are processed.
+                self.ahead = self.start(max.max(1));
                 return Ok(messages);
             }
             let left = deadline.saturating_duration_since(Instant::now());
