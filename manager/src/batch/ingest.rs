@@ -373,12 +373,8 @@ impl<'a> Attempt<'a> {
 
     async fn report(&self, drained: &Drained, rows_failed: u64, error: Option<String>, ended: f64) -> FileReport {
         let (ctx, file, meta) = (self.group.ctx, self.file, &self.meta);
-        let path = file.path.clone();
-        let file_size = tokio::task::spawn_blocking(move || std::fs::metadata(path).map(|m| m.len()))
-            .await
-            .ok()
-            .and_then(Result::ok)
-            .unwrap_or(meta.file_received_size);
+        // A staged file is complete: its size is the one it had when it was found.
+        let file_size = file.size;
         let ingest_time = (ended - self.started).max(1e-9);
         let rows = drained.written.rows;
         FileReport {
