@@ -331,8 +331,9 @@ impl Task {
             ingest::commit(store.as_ref(), &usage, &storage, &written).await?;
             Ok(written)
         });
-        while self.pending.len() >= UNCOMMITTED_AHEAD {
-            let oldest = self.pending.pop_front().expect("not empty");
+        while self.pending.len() >= UNCOMMITTED_AHEAD
+            && let Some(oldest) = self.pending.pop_front()
+        {
             self.settle_batch(oldest).await?;
         }
         self.pending.push_back(Uncommitted {

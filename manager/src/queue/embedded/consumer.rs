@@ -86,9 +86,20 @@ impl EmbeddedConsumer {
         what: &'static str,
         f: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
     ) -> Result<T, QueueError> {
+        let task = self.spawn_on_reader(what, f);
+        self.join_reader(what, task).await
+    }
+
+    /// Starts `f` on the read connection (opened again if a cancelled job kept it) on the
+    /// blocking pool.
+    fn spawn_on_reader<T: Send + 'static>(
+        &mut self,
+        what: &'static str,
+        f: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+    ) -> ReaderTask<T> {
         let reader = self.reader.take();
         let path = self.shared.path.clone();
-        let (reader, result) = tokio::task::spawn_blocking(move || {
+        tokio::task::spawn_blocking(move || {
             let reader = match reader {
                 Some(reader) => reader,
                 None => match open_reader(&path) {
@@ -99,9 +110,14 @@ impl EmbeddedConsumer {
             let result = f(&reader).map_err(|e| sqlite_error(what, e));
             (Some(reader), result)
         })
-        .await
-        .map_err(|e| internal(format!("{what} failed: {e}")))?;
-        self.reader = reader;
+    }
+
+    /// Waits for a job on the read connection and takes the connection back.
+    async fn join_reader<T>(&mut self, what: &'static str, task: ReaderTask<T>) -> Result<T, QueueError> {
+        let (reader, result) = task.await.map_err(|e| internal(format!("{what} failed: {e}")))?;
+        if reader.is_some() {
+            self.reader = reader;
+        }
         result.map_err(|e| {
             QueueError::new(
                 e.kind,
@@ -117,7 +133,7 @@ impl EmbeddedConsumer {
         if let Some(ahead) = self.ahead.take() {
             let generation = ahead.generation;
             // A read ahead that failed or does not fit is dropped: the new read says why.
-            if let Ok((messages, positions)) = self.join(ahead).await
+            if let Ok((messages, positions)) = self.join_reader(READING, ahead.task).await
                 && generation == self.generation
                 && !messages.is_empty()
                 && messages.len() <= max
@@ -129,7 +145,7 @@ impl EmbeddedConsumer {
         let Some(read) = self.start(max) else {
             return Ok(Vec::new());
         };
-        let (messages, positions) = self.join(read).await?;
+        let (messages, positions) = self.join_reader(READING, read.task).await?;
         self.advance(positions);
         Ok(messages)
     }
@@ -145,40 +161,12 @@ impl EmbeddedConsumer {
         let mut order: Vec<(u32, Option<u64>)> = self.positions.iter().map(|(p, o)| (*p, *o)).collect();
         order.rotate_left(first);
         let (topic_id, group, max_bytes) = (self.topic.id, self.group.clone(), self.shared.max_poll_bytes);
-        let reader = self.reader.take();
-        let path = self.shared.path.clone();
-        let task = tokio::task::spawn_blocking(move || {
-            let reader = match reader {
-                Some(reader) => reader,
-                None => match open_reader(&path) {
-                    Ok(reader) => reader,
-                    Err(e) => return (None, Err(e)),
-                },
-            };
-            let result = read_partitions(&reader, topic_id, &group, order, max, max_bytes)
-                .map_err(|e| sqlite_error("reading messages", e));
-            (Some(reader), result)
+        let task = self.spawn_on_reader(READING, move |reader| {
+            read_partitions(reader, topic_id, &group, order, max, max_bytes)
         });
         Some(Ahead {
             generation: self.generation,
             task,
-        })
-    }
-
-    /// Waits for a read and takes its connection back.
-    async fn join(&mut self, read: Ahead) -> Result<(Vec<QueuedMessage>, Positions), QueueError> {
-        let (reader, result) = read
-            .task
-            .await
-            .map_err(|e| internal(format!("reading messages failed: {e}")))?;
-        if reader.is_some() {
-            self.reader = reader;
-        }
-        result.map_err(|e| {
-            QueueError::new(
-                e.kind,
-                format!("tenant {} group {}: {}", self.tenant, self.group, e.message),
-            )
         })
     }
 
@@ -192,15 +180,18 @@ impl EmbeddedConsumer {
     }
 }
 
-/// A read on the blocking pool: the connection back, and the messages with each read
-/// partition's new position.
-type ReadTask = tokio::task::JoinHandle<(Option<Connection>, Result<(Vec<QueuedMessage>, Positions), QueueError>)>;
+/// A job on the read connection, on the blocking pool: the connection back, and its result.
+type ReaderTask<T> = tokio::task::JoinHandle<(Option<Connection>, Result<T, QueueError>)>;
+
+/// What a read of messages is called in errors.
+const READING: &str = "reading messages";
 
 /// A read started for the next poll while the messages of this one are processed.
 struct Ahead {
     /// The assignment generation it read for: another generation discards it.
     generation: u64,
-    task: ReadTask,
+    /// The messages, and each read partition's new position.
+    task: ReaderTask<(Vec<QueuedMessage>, Positions)>,
 }
 
 #[async_trait]
