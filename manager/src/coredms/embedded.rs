@@ -3,8 +3,9 @@
 //!
 //! Each tenant's database has one writer thread that owns the write connection (SQLite has one
 //! writer at a time) and takes commands over a bounded channel; each write is one transaction
-//! with a cached prepared statement. Reads open their own connection (WAL lets them run beside
-//! the writer). Tables are `STRICT, WITHOUT ROWID` with the declared primary key, so a row is
+//! with a cached prepared statement. A second thread, the syncer, makes the log durable for
+//! flushes and checkpoints it into the database file, so that the writer only writes (see
+//! [`sync_loop`]). Reads open their own connection (WAL lets them run beside the writer). Tables are `STRICT, WITHOUT ROWID` with the declared primary key, so a row is
 //! stored once per key and `INSERT OR REPLACE` makes writes idempotent
 //! (doubles sit in `ANY` columns, so that -0.0 and NaN come back as written). The declared schemas
 //! are kept in `mysimbdp_tables`; `mysimbdp_meta` holds the platform's own counters. What a
@@ -132,11 +133,12 @@ impl EmbeddedTenant {
                  CREATE TABLE IF NOT EXISTS mysimbdp_meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL) STRICT;",
             )
             .map_err(|e| sqlite_error(&tenant, "preparing the database", e))?;
+        let syncer = Syncer::start(&tenant, &path)?;
         let (commands, receiver) = std::sync::mpsc::sync_channel(4);
         let writer_tenant = tenant.clone();
         std::thread::Builder::new()
             .name(format!("sqlite-{tenant}"))
-            .spawn(move || writer_loop(&writer_tenant, connection, &receiver))
+            .spawn(move || writer_loop(&writer_tenant, connection, &receiver, syncer))
             .map_err(|e| internal(format!("cannot start the writer of {tenant}: {e}")))?;
         Ok(EmbeddedTenant {
             tenant,
@@ -302,16 +304,27 @@ type WriteReply = oneshot::Sender<Result<Written, StoreError>>;
 
 /// The writer: commands in order, grouped when they queue up. Writes queued together (several
 /// files or batches arriving at once) share one transaction, and flushes queued together share
-/// one sync, with the writes queued between them committed first (the sync covers them too).
-/// Each caller still gets its own answer.
-fn writer_loop(tenant: &TenantId, mut connection: Connection, commands: &std::sync::mpsc::Receiver<Command>) {
+/// one sync, with the writes queued between them committed first (the sync covers them too);
+/// the sync itself is the syncer's, so the writer goes on with the next writes meanwhile. Each
+/// caller still gets its own answer.
+fn writer_loop(
+    tenant: &TenantId,
+    mut connection: Connection,
+    commands: &std::sync::mpsc::Receiver<Command>,
+    syncer: Syncer,
+) {
     let mut next = None;
     loop {
         let command = match next.take() {
             Some(command) => command,
             None => match commands.recv() {
                 Ok(command) => command,
-                Err(_) => return,
+                Err(_) => {
+                    // The syncer's connection closes first, so that the writer's is the last:
+                    // closing it checkpoints the log and removes it, as before.
+                    syncer.stop();
+                    return;
+                }
             },
         };
         match command {
@@ -327,7 +340,8 @@ fn writer_loop(tenant: &TenantId, mut connection: Connection, commands: &std::sy
                     }
                     other => Some(other),
                 });
-                write_group(&mut connection, tenant, writes);
+                let written = write_group(&mut connection, tenant, writes);
+                syncer.committed(written);
             }
             Command::Flush(reply) => {
                 let (mut flushes, mut writes) = (vec![reply], Vec::new());
@@ -342,11 +356,9 @@ fn writer_loop(tenant: &TenantId, mut connection: Connection, commands: &std::sy
                     }
                     other => Some(other),
                 });
-                write_group(&mut connection, tenant, writes);
-                let flushed = flush(&connection, tenant);
-                for reply in flushes {
-                    let _ = reply.send(flushed.clone());
-                }
+                let written = write_group(&mut connection, tenant, writes);
+                syncer.committed(written);
+                syncer.flush(flushes);
             }
         }
     }
@@ -368,13 +380,19 @@ fn take_queued(
 }
 
 /// Writes queued together in one transaction; if it fails, each again in its own, so that an
-/// error is answered only to the write that caused it.
-fn write_group(connection: &mut Connection, tenant: &TenantId, mut writes: Vec<(Rows, WriteReply)>) {
+/// error is answered only to the write that caused it. Gives the rows back, to be released.
+fn write_group(connection: &mut Connection, tenant: &TenantId, writes: Vec<(Rows, WriteReply)>) -> Vec<Rows> {
+    let each_alone = |connection: &mut Connection, writes: Vec<(Rows, WriteReply)>| {
+        writes
+            .into_iter()
+            .map(|(rows, reply)| {
+                let _ = reply.send(write_rows(connection, tenant, &rows));
+                rows
+            })
+            .collect()
+    };
     if writes.len() <= 1 {
-        if let Some((rows, reply)) = writes.pop() {
-            let _ = reply.send(write_rows(connection, tenant, &rows));
-        }
-        return;
+        return each_alone(connection, writes);
     }
     let together = (|| {
         let transaction = connection
@@ -390,16 +408,15 @@ fn write_group(connection: &mut Connection, tenant: &TenantId, mut writes: Vec<(
         Ok::<_, StoreError>(written)
     })();
     match together {
-        Ok(written) => {
-            for ((_, reply), written) in writes.into_iter().zip(written) {
+        Ok(written) => writes
+            .into_iter()
+            .zip(written)
+            .map(|((rows, reply), written)| {
                 let _ = reply.send(Ok(written));
-            }
-        }
-        Err(_) => {
-            for (rows, reply) in writes {
-                let _ = reply.send(write_rows(connection, tenant, &rows));
-            }
-        }
+                rows
+            })
+            .collect(),
+        Err(_) => each_alone(connection, writes),
     }
 }
 
@@ -511,14 +528,204 @@ fn declared(connection: &Connection, tenant: &TenantId, name: &str) -> Result<Op
 }
 
 /// The settings of the writer connection. Rows are committed with `synchronous = NORMAL` (a
-/// commit survives a crash of the process); [`flush`] is the durability barrier: it commits
-/// with `FULL`, which syncs the log with every row written before it, and the batch manager
-/// flushes before it writes a file's report and removes the staging file.
+/// commit survives a crash of the process); a flush is the durability barrier: the syncer syncs
+/// the log, with every row committed before it, and the batch manager flushes before it writes a
+/// file's report and removes the staging file. The syncer checkpoints the log in the background;
+/// the writer checkpoints it itself only once the log holds 4,096 pages (`wal_autocheckpoint`:
+/// the syncer fell behind, or the log could not start over since), which bounds it at about
+/// 16 MiB.
 pub const WRITER_PRAGMAS: &str = "PRAGMA journal_mode = WAL;
     PRAGMA synchronous = NORMAL;
     PRAGMA busy_timeout = 10000;
     PRAGMA cache_size = -65536;
-    PRAGMA temp_store = MEMORY;";
+    PRAGMA temp_store = MEMORY;
+    PRAGMA wal_autocheckpoint = 4096;";
+
+/// How often, at most, the syncer checkpoints the log while rows are being committed.
+const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(50);
+
+type FlushReply = oneshot::Sender<Result<(), StoreError>>;
+
+/// Groups of written rows the syncer may hold to release, at most; beyond, the writer releases
+/// them itself.
+const RELEASE_QUEUE: usize = 32;
+
+enum SyncRequest {
+    /// Sync the log: every transaction committed before this was sent is durable once answered.
+    Flush(Vec<FlushReply>),
+    /// Rows were committed since the last checkpoint.
+    Committed,
+    /// Rows written: their memory is freed here, off the writer's thread (a few percent of its
+    /// time, the values being many small allocations made on another thread).
+    Release(Vec<Rows>),
+}
+
+/// The writer's handle on its syncer thread.
+struct Syncer {
+    requests: std::sync::mpsc::Sender<SyncRequest>,
+    /// Set by the writer when it commits, cleared by the syncer when it checkpoints: the writer
+    /// sends [`SyncRequest::Committed`] only when it sets it, once per checkpoint at most.
+    dirty: Arc<std::sync::atomic::AtomicBool>,
+    /// [`SyncRequest::Release`]s sent and not yet handled.
+    releasing: Arc<std::sync::atomic::AtomicUsize>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Syncer {
+    /// Opens the log (`<database>-wal`, there since the writer set WAL mode) and a connection for
+    /// checkpoints, and starts the syncer's thread.
+    fn start(tenant: &TenantId, database: &Path) -> Result<Syncer, StoreError> {
+        let mut log_path = database.as_os_str().to_owned();
+        log_path.push("-wal");
+        let log = std::fs::File::open(&log_path)
+            .map_err(|e| internal(format!("tenant {tenant}: cannot open its log {log_path:?}: {e}")))?;
+        let file = std::fs::File::open(database)
+            .map_err(|e| internal(format!("tenant {tenant}: cannot open {}: {e}", database.display())))?;
+        let checkpointer = Connection::open_with_flags(
+            database,
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .and_then(|c| c.execute_batch("PRAGMA synchronous = NORMAL").map(|()| c))
+        .map_err(|e| sqlite_error(tenant, "opening its checkpoint connection", e))?;
+        let (requests, received) = std::sync::mpsc::channel();
+        let dirty = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let releasing = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let shared = SyncShared {
+            tenant: tenant.clone(),
+            dirty: Arc::clone(&dirty),
+            releasing: Arc::clone(&releasing),
+        };
+        let thread = std::thread::Builder::new()
+            .name(format!("sqlsync-{tenant}"))
+            .spawn(move || sync_loop(&shared, &log, &file, checkpointer, &received))
+            .map_err(|e| internal(format!("cannot start the syncer of {tenant}: {e}")))?;
+        Ok(Syncer {
+            requests,
+            dirty,
+            releasing,
+            thread,
+        })
+    }
+
+    /// The writer committed `rows` (or tried to: an error was answered).
+    fn committed(&self, rows: Vec<Rows>) {
+        use std::sync::atomic::Ordering;
+        if !self.dirty.swap(true, Ordering::AcqRel) {
+            let _ = self.requests.send(SyncRequest::Committed);
+        }
+        if rows.is_empty() {
+            return;
+        }
+        if self.releasing.fetch_add(1, Ordering::AcqRel) < RELEASE_QUEUE {
+            let _ = self.requests.send(SyncRequest::Release(rows));
+        } else {
+            self.releasing.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+
+    /// Answers `replies` once everything committed so far is durable.
+    fn flush(&self, replies: Vec<FlushReply>) {
+        if let Err(std::sync::mpsc::SendError(SyncRequest::Flush(replies))) =
+            self.requests.send(SyncRequest::Flush(replies))
+        {
+            for reply in replies {
+                let _ = reply.send(Err(internal("the log's syncer stopped".to_string())));
+            }
+        }
+    }
+
+    /// Ends the syncer's thread and waits for it.
+    fn stop(self) {
+        drop(self.requests);
+        let _ = self.thread.join();
+    }
+}
+
+/// What the writer and its syncer share.
+struct SyncShared {
+    tenant: TenantId,
+    dirty: Arc<std::sync::atomic::AtomicBool>,
+    releasing: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl SyncShared {
+    fn release(&self, rows: Vec<Rows>) {
+        drop(rows);
+        self.releasing.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
+}
+
+/// The syncer: flushes and checkpoints, off the writer's thread.
+///
+/// A flush is an `fdatasync` of the log file. Every transaction the writer committed before it
+/// asked has its pages in the log by then (written, not yet synced, as `synchronous = NORMAL`
+/// commits do), so the sync makes them durable, as a commit with `synchronous = FULL` would have;
+/// pages that left the log did so in a checkpoint, which syncs the database file before the log
+/// starts over. Flushes that queue up while one syncs share the next sync; a failed sync fails
+/// every flush it covered.
+///
+/// While rows are committed, a `PASSIVE` checkpoint runs at most every [`CHECKPOINT_EVERY`]: it
+/// copies the log's pages into the database file beside the writer, never blocking it, so that
+/// the writer's own checkpoint (see [`WRITER_PRAGMAS`]) finds little left to copy.
+fn sync_loop(
+    shared: &SyncShared,
+    log: &std::fs::File,
+    database: &std::fs::File,
+    checkpointer: Connection,
+    requests: &std::sync::mpsc::Receiver<SyncRequest>,
+) {
+    use std::sync::mpsc::RecvTimeoutError;
+    let tenant = &shared.tenant;
+    let mut last_checkpoint = std::time::Instant::now();
+    let mut due = false;
+    loop {
+        let request = if due {
+            match requests.recv_timeout(CHECKPOINT_EVERY.saturating_sub(last_checkpoint.elapsed())) {
+                Ok(request) => Some(request),
+                Err(RecvTimeoutError::Timeout) => None,
+                Err(RecvTimeoutError::Disconnected) => return,
+            }
+        } else {
+            match requests.recv() {
+                Ok(request) => Some(request),
+                Err(_) => return,
+            }
+        };
+        match request {
+            Some(SyncRequest::Flush(mut replies)) => {
+                while let Ok(request) = requests.try_recv() {
+                    match request {
+                        SyncRequest::Flush(more) => replies.extend(more),
+                        SyncRequest::Committed => due = true,
+                        SyncRequest::Release(rows) => shared.release(rows),
+                    }
+                }
+                let synced = log
+                    .sync_data()
+                    .map_err(|e| internal(format!("tenant {tenant}: syncing its log failed: {e}")));
+                for reply in replies {
+                    let _ = reply.send(synced.clone());
+                }
+            }
+            Some(SyncRequest::Committed) => due = true,
+            Some(SyncRequest::Release(rows)) => shared.release(rows),
+            None => {}
+        }
+        if due && last_checkpoint.elapsed() >= CHECKPOINT_EVERY {
+            // Cleared before the checkpoint: a commit during it asks for the next one.
+            shared.dirty.store(false, std::sync::atomic::Ordering::Release);
+            due = false;
+            last_checkpoint = std::time::Instant::now();
+            if let Err(e) = checkpointer.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+                log::warn!("embedded store: tenant={tenant}: a background checkpoint failed: {e}");
+            }
+            // A checkpoint that has not caught up with the writer leaves the pages it copied
+            // unsynced; they are written out here, so that the checkpoint that does catch up
+            // (maybe the writer's own) finds little to sync. Durability never rests on this.
+            let _ = database.sync_data();
+        }
+    }
+}
 
 /// The statement that upserts a row of `table`: a row with every column of the stored table
 /// replaces the stored one; a row with fewer (a version that leaves out columns) sets only its
@@ -547,20 +754,6 @@ pub fn upsert_sql(table: &TableSchema, stored: &TableSchema) -> String {
         format!("UPDATE SET {}", updates.join(", "))
     };
     format!("INSERT {insert} ON CONFLICT ({}) DO {action}", keys.join(", "))
-}
-
-/// Commits one small change with `synchronous = FULL`: in WAL mode that syncs the log, and with
-/// it every transaction committed before (a commit without changes would write nothing).
-fn flush(connection: &Connection, tenant: &TenantId) -> Result<(), StoreError> {
-    let error = |e| sqlite_error(tenant, "making its rows durable", e);
-    connection.execute_batch("PRAGMA synchronous = FULL").map_err(error)?;
-    let written = connection.execute(
-        "INSERT INTO mysimbdp_meta (name, value) VALUES ('flushes', 1) \
-         ON CONFLICT (name) DO UPDATE SET value = value + 1",
-        [],
-    );
-    connection.execute_batch("PRAGMA synchronous = NORMAL").map_err(error)?;
-    written.map(|_| ()).map_err(error)
 }
 
 /// One write in its own transaction.
@@ -797,4 +990,81 @@ fn sqlite_error(tenant: &TenantId, what: &str, error: rusqlite::Error) -> StoreE
 
 fn internal(message: String) -> StoreError {
     StoreError::new(StoreErrorKind::Internal, message)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::coredms::Column;
+    use crate::tenants::ReplicationClass;
+
+    fn table() -> Arc<TableSchema> {
+        let column = |name: &str, column_type| Column {
+            name: name.into(),
+            column_type,
+            nullable: false,
+        };
+        Arc::new(TableSchema {
+            name: "readings".into(),
+            columns: vec![column("id", ColumnType::BigInt), column("payload", ColumnType::Text)],
+            partition_key: vec!["id".into()],
+            clustering_key: vec![],
+        })
+    }
+
+    fn rows(table: &Arc<TableSchema>, from: i64, count: i64) -> Rows {
+        let mut rows = Rows::new(Arc::clone(table));
+        for id in from..from + count {
+            rows.values.push(Value::BigInt(id));
+            rows.values.push(Value::Text(format!("{id:0>200}")));
+        }
+        rows
+    }
+
+    fn file_len(path: &Path) -> u64 {
+        std::fs::metadata(path).map(|m| m.len()).unwrap_or(0)
+    }
+
+    /// The syncer copies the log into the database file while the writer goes on, long before
+    /// the writer's own checkpoint would; flushes answer once everything before them is synced,
+    /// and every row reads back.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_syncer_checkpoints_in_the_background_and_flushes_answer() {
+        let dir = tempfile::tempdir().unwrap();
+        let dms = EmbeddedDms::new(dir.path(), Arc::new(WriteLimiter::new(8, 8))).unwrap();
+        let storage = TenantStorage {
+            tenant: "synced".parse().unwrap(),
+            replication_class: ReplicationClass::SimpleStrategy,
+            replication_factor: 1,
+        };
+        let store = dms.open_tenant(&storage).await.unwrap();
+        let table = table();
+        store.ensure_table(&table).await.unwrap();
+        let database = dir.path().join("synced.sqlite");
+        let before = file_len(&database);
+        // About 1,500 pages of log: under the writer's own checkpoint (4,096 pages).
+        for chunk in 0..10 {
+            store.write(rows(&table, chunk * 2_000, 2_000)).await.unwrap();
+            store.flush().await.unwrap();
+        }
+        assert_eq!(store.count("readings").await.unwrap(), 20_000);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while file_len(&database) < before + 2_000 * 200 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the database file stayed at {} bytes (was {before}): the log was never checkpointed",
+                file_len(&database)
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        let mut log = database.as_os_str().to_owned();
+        log.push("-wal");
+        assert!(
+            file_len(Path::new(&log)) < 4_096 * 4_096,
+            "the log grew to {} bytes",
+            file_len(Path::new(&log))
+        );
+        let page = store.read_page("readings", None, 10_000).await.unwrap();
+        assert_eq!(page.rows.len(), 10_000);
+    }
 }
