@@ -506,3 +506,35 @@ fn messages_posted_back_to_back_for_60_s_by_four_clients_build_a_lag_of_a_millio
         assert_eq!(platform.get("/healthz", "").0, 200);
     }
 }
+
+#[test]
+fn an_instance_started_on_a_backlog_takes_batches_of_up_to_twice_batch_messages() {
+    let tenant = client1().with("min_stream_instances", 0).with("autoscale", false);
+    let platform = start_with_stream(
+        Backend::Embedded,
+        std::slice::from_ref(&tenant),
+        "[stream]\nbatch_messages = 500\n",
+    );
+    let lines = readings(20_000, 3);
+    for chunk in lines.chunks(1_000) {
+        let (status, body, _) = platform.post_messages("client1", &tenant.token(), NDJSON, chunk.join("\n").as_bytes());
+        assert_eq!(status, 202, "{body}");
+    }
+    let (status, body) = admin(&platform, "POST", "/v1/tenants/client1/stream/instances");
+    assert!(status == 201 || status == 200, "{status}: {body}");
+    wait_for_count(&platform, &tenant, "readings", 20_000, Duration::from_secs(120));
+    let mut instances = Value::Null;
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            instances = platform.get("/v1/tenants/client1/stream/instances", &tenant.token()).1;
+            instances["instances"][0]["messages"] == 20_000
+        }),
+        "{instances}"
+    );
+    // 500 a batch would be 40 batches; twice that while the backlog lasts, about half as many.
+    let batches = instances["instances"][0]["batches"].as_u64().unwrap();
+    assert!(
+        (20..=24).contains(&batches),
+        "{batches} batches for 20,000 messages: {instances}"
+    );
+}

@@ -165,7 +165,8 @@
 //!    and it tries again later.
 //! 2. **Process.** [`StreamIngestApp::process`] with one batch: the messages of *one
 //!    partition*, in offset order: a poll takes at most `batch_messages` (platform config,
-//!    default 5,000) gathered for at most `batch_wait_ms` (default 50 ms), and is split by
+//!    default 5,000) gathered for at most `batch_wait_ms` (default 50 ms), up to twice
+//!    `batch_messages` while the instance works through a backlog, and is split by
 //!    partition. Calls to one value never
 //!    overlap. Push rows with [`Output::push`] and reject a message the plugin cannot use
 //!    with [`Output::reject`] (position = [`Message::offset`]): it goes to the tenant's

@@ -1,5 +1,6 @@
 //! One stream instance's task: poll a batch from the tenant's topic (at most `batch_messages`,
-//! waiting at most `batch_wait_ms`), hand each partition's messages to the tenant's plugin,
+//! waiting at most `batch_wait_ms`; up to [`BACKLOG_GROWTH`] times as many while a backlog is
+//! drained), hand each partition's messages to the tenant's plugin,
 //! write the rows, make them durable, keep the rejected messages, and only then commit the
 //! offsets. The writes start as the plugin hands its rows over and go on, followed by the
 //! batch's durability barrier, while the next batch is polled and processed: up to
@@ -105,6 +106,13 @@ const UNCOMMITTED_AHEAD: usize = 2;
 /// How often the lag is read.
 const LAG_EVERY: Duration = Duration::from_secs(2);
 
+/// While there is a backlog (a poll got `batch_messages` from the queue at once), each next poll may
+/// take twice as many messages, up to this many times `batch_messages`: a batch's fixed costs
+/// (the plugin calls, the barrier, the commit) are then spread over more rows while the instance
+/// catches up. The first poll without a backlog goes back to `batch_messages`, so a light load
+/// keeps small batches and their latency.
+const BACKLOG_GROWTH: usize = 2;
+
 /// The instance's working state.
 pub(super) struct Task {
     pub(super) ctx: Arc<StreamContext>,
@@ -118,6 +126,8 @@ pub(super) struct Task {
     /// The generation whose tables were prepared in the store.
     prepared: Option<u64>,
     lag_read_at: Option<Instant>,
+    /// Messages the next poll takes at most: `batch_messages`, more while there is a backlog.
+    poll_size: usize,
     /// The batches being written and made durable while the next one is processed, oldest first.
     pending: VecDeque<Uncommitted>,
     /// Offsets of durable batches whose commit the queue refused (a rebalance under way): sent
@@ -192,6 +202,7 @@ pub(super) async fn run(
         plugin: None,
         prepared: None,
         lag_read_at: None,
+        poll_size: 0,
         pending: VecDeque::new(),
         refused: BTreeMap::new(),
         period: Period::new(unix_now()),
@@ -546,9 +557,11 @@ impl Task {
             self.consumer = Some(consumer);
         }
         let consumer = self.consumer.as_mut().expect("just made");
-        let max = self.ctx.config.batch_messages.max(1);
+        let base = self.ctx.config.batch_messages.max(1);
+        let max = self.poll_size.clamp(base, base * BACKLOG_GROWTH);
         let deadline = Instant::now() + self.ctx.config.batch_wait();
         let mut messages = Vec::new();
+        let mut backlog = false;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             let polled = tokio::select! {
@@ -558,7 +571,15 @@ impl Task {
             match polled {
                 Ok(batch) => {
                     let got = batch.len();
+                    let first = messages.is_empty();
                     messages.extend(batch);
+                    if first && got >= base {
+                        // A whole batch at once: the messages were waiting. What came is taken
+                        // as it is (a read ahead sized for the last poll may hold less than
+                        // this one asks; the next read ahead has this poll's size).
+                        backlog = true;
+                        break;
+                    }
                     if got == 0 || messages.len() >= max || Instant::now() >= deadline {
                         break;
                     }
@@ -570,6 +591,7 @@ impl Task {
                 Err(_) => break,
             }
         }
+        self.poll_size = if backlog { max * 2 } else { base };
         if let Some(consumer) = self.consumer.as_mut()
             && let Ok(partitions) = consumer.assignment()
         {

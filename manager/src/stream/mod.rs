@@ -47,7 +47,8 @@ pub const GROUP: &str = "stream";
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StreamConfig {
-    /// Messages per plugin call, at most.
+    /// Messages per poll, at most (twice as many while an instance drains a backlog); a poll is
+    /// split by partition, one plugin call each.
     pub batch_messages: usize,
     /// How long an instance waits to fill a batch, in milliseconds.
     pub batch_wait_ms: u64,
