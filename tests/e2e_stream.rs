@@ -46,14 +46,7 @@ fn posted_messages_become_rows_once_and_malformed_requests_produce_nothing() {
     assert_eq!(status, 202);
     wait_for_count(&platform, &tenant, "readings", 503, Duration::from_secs(60));
 
-    let mut instances = Value::Null;
-    assert!(
-        wait_until(Duration::from_secs(10), || {
-            instances = platform.get("/v1/tenants/client1/stream/instances", &tenant.token()).1;
-            instances["instances"][0]["rows"] == 503
-        }),
-        "{instances}"
-    );
+    let instances = first_instance_reaches(&platform, &tenant, "rows", 503);
     let instance = &instances["instances"][0];
     assert_eq!(instance["state"], "running", "{instances}");
     assert_eq!(instance["plugin_version"], "1.0.0");
@@ -61,6 +54,21 @@ fn posted_messages_become_rows_once_and_malformed_requests_produce_nothing() {
         instance["messages"], 503,
         "the malformed request's messages never arrived"
     );
+}
+
+/// Waits until the tenant's first instance shows `value` in `field` (its counters are updated
+/// once a batch is committed, just after its rows are readable); returns the instance list.
+fn first_instance_reaches(platform: &Platform, tenant: &TenantSpec, field: &str, value: u64) -> Value {
+    let path = format!("/v1/tenants/{}/stream/instances", tenant.name);
+    let mut instances = Value::Null;
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            instances = platform.get(&path, &tenant.token()).1;
+            instances["instances"][0][field] == value
+        }),
+        "{instances}"
+    );
+    instances
 }
 
 fn admin(platform: &Platform, method: &str, path: &str) -> (u16, Value) {
@@ -523,14 +531,7 @@ fn an_instance_started_on_a_backlog_takes_batches_of_up_to_twice_batch_messages(
     let (status, body) = admin(&platform, "POST", "/v1/tenants/client1/stream/instances");
     assert!(status == 201 || status == 200, "{status}: {body}");
     wait_for_count(&platform, &tenant, "readings", 20_000, Duration::from_secs(120));
-    let mut instances = Value::Null;
-    assert!(
-        wait_until(Duration::from_secs(10), || {
-            instances = platform.get("/v1/tenants/client1/stream/instances", &tenant.token()).1;
-            instances["instances"][0]["messages"] == 20_000
-        }),
-        "{instances}"
-    );
+    let instances = first_instance_reaches(&platform, &tenant, "messages", 20_000);
     // 500 a batch would be 40 batches; twice that while the backlog lasts, about half as many.
     let batches = instances["instances"][0]["batches"].as_u64().unwrap();
     assert!(

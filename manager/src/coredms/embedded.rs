@@ -5,7 +5,8 @@
 //! writer at a time) and takes commands over a bounded channel; each write is one transaction
 //! with a cached prepared statement. A second thread, the syncer, makes the log durable for
 //! flushes and checkpoints it into the database file, so that the writer only writes (see
-//! [`sync_loop`]). Reads open their own connection (WAL lets them run beside the writer). Tables are `STRICT, WITHOUT ROWID` with the declared primary key, so a row is
+//! [`sync_loop`]). Reads open their own connection (WAL lets them run beside the writer).
+//! Tables are `STRICT, WITHOUT ROWID` with the declared primary key, so a row is
 //! stored once per key and `INSERT OR REPLACE` makes writes idempotent
 //! (doubles sit in `ANY` columns, so that -0.0 and NaN come back as written). The declared schemas
 //! are kept in `mysimbdp_tables`; `mysimbdp_meta` holds the platform's own counters. What a
@@ -563,22 +564,28 @@ enum SyncRequest {
 /// The writer's handle on its syncer thread.
 struct Syncer {
     requests: std::sync::mpsc::Sender<SyncRequest>,
-    /// Set by the writer when it commits, cleared by the syncer when it checkpoints: the writer
-    /// sends [`SyncRequest::Committed`] only when it sets it, once per checkpoint at most.
-    dirty: Arc<std::sync::atomic::AtomicBool>,
-    /// [`SyncRequest::Release`]s sent and not yet handled.
-    releasing: Arc<std::sync::atomic::AtomicUsize>,
+    shared: Arc<SyncShared>,
     thread: std::thread::JoinHandle<()>,
+}
+
+/// The log of the database at `database`.
+fn wal_path(database: &Path) -> PathBuf {
+    let mut path = database.as_os_str().to_owned();
+    path.push("-wal");
+    PathBuf::from(path)
 }
 
 impl Syncer {
     /// Opens the log (`<database>-wal`, there since the writer set WAL mode) and a connection for
     /// checkpoints, and starts the syncer's thread.
     fn start(tenant: &TenantId, database: &Path) -> Result<Syncer, StoreError> {
-        let mut log_path = database.as_os_str().to_owned();
-        log_path.push("-wal");
-        let log = std::fs::File::open(&log_path)
-            .map_err(|e| internal(format!("tenant {tenant}: cannot open its log {log_path:?}: {e}")))?;
+        let log_path = wal_path(database);
+        let log = std::fs::File::open(&log_path).map_err(|e| {
+            internal(format!(
+                "tenant {tenant}: cannot open its log {}: {e}",
+                log_path.display()
+            ))
+        })?;
         let file = std::fs::File::open(database)
             .map_err(|e| internal(format!("tenant {tenant}: cannot open {}: {e}", database.display())))?;
         let checkpointer = Connection::open_with_flags(
@@ -588,21 +595,19 @@ impl Syncer {
         .and_then(|c| c.execute_batch("PRAGMA synchronous = NORMAL").map(|()| c))
         .map_err(|e| sqlite_error(tenant, "opening its checkpoint connection", e))?;
         let (requests, received) = std::sync::mpsc::channel();
-        let dirty = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let releasing = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let shared = SyncShared {
+        let shared = Arc::new(SyncShared {
             tenant: tenant.clone(),
-            dirty: Arc::clone(&dirty),
-            releasing: Arc::clone(&releasing),
-        };
+            dirty: std::sync::atomic::AtomicBool::new(false),
+            releasing: std::sync::atomic::AtomicUsize::new(0),
+        });
+        let thread_shared = Arc::clone(&shared);
         let thread = std::thread::Builder::new()
             .name(format!("sqlsync-{tenant}"))
-            .spawn(move || sync_loop(&shared, &log, &file, checkpointer, &received))
+            .spawn(move || sync_loop(&thread_shared, &log, &file, checkpointer, &received))
             .map_err(|e| internal(format!("cannot start the syncer of {tenant}: {e}")))?;
         Ok(Syncer {
             requests,
-            dirty,
-            releasing,
+            shared,
             thread,
         })
     }
@@ -610,16 +615,16 @@ impl Syncer {
     /// The writer committed `rows` (or tried to: an error was answered).
     fn committed(&self, rows: Vec<Rows>) {
         use std::sync::atomic::Ordering;
-        if !self.dirty.swap(true, Ordering::AcqRel) {
+        if !self.shared.dirty.swap(true, Ordering::AcqRel) {
             let _ = self.requests.send(SyncRequest::Committed);
         }
         if rows.is_empty() {
             return;
         }
-        if self.releasing.fetch_add(1, Ordering::AcqRel) < RELEASE_QUEUE {
+        if self.shared.releasing.fetch_add(1, Ordering::AcqRel) < RELEASE_QUEUE {
             let _ = self.requests.send(SyncRequest::Release(rows));
         } else {
-            self.releasing.fetch_sub(1, Ordering::AcqRel);
+            self.shared.releasing.fetch_sub(1, Ordering::AcqRel);
         }
     }
 
@@ -644,8 +649,11 @@ impl Syncer {
 /// What the writer and its syncer share.
 struct SyncShared {
     tenant: TenantId,
-    dirty: Arc<std::sync::atomic::AtomicBool>,
-    releasing: Arc<std::sync::atomic::AtomicUsize>,
+    /// Set by the writer when it commits, cleared by the syncer when it checkpoints: the writer
+    /// sends [`SyncRequest::Committed`] only when it sets it, once per checkpoint at most.
+    dirty: std::sync::atomic::AtomicBool,
+    /// [`SyncRequest::Release`]s sent and not yet handled.
+    releasing: std::sync::atomic::AtomicUsize,
 }
 
 impl SyncShared {
@@ -1057,12 +1065,11 @@ mod tests {
             );
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         }
-        let mut log = database.as_os_str().to_owned();
-        log.push("-wal");
+        let log = wal_path(&database);
         assert!(
-            file_len(Path::new(&log)) < 4_096 * 4_096,
+            file_len(&log) < 4_096 * 4_096,
             "the log grew to {} bytes",
-            file_len(Path::new(&log))
+            file_len(&log)
         );
         let page = store.read_page("readings", None, 10_000).await.unwrap();
         assert_eq!(page.rows.len(), 10_000);

@@ -1,9 +1,9 @@
 //! One stream instance's task: poll a batch from the tenant's topic (at most `batch_messages`,
 //! waiting at most `batch_wait_ms`; up to [`BACKLOG_GROWTH`] times as many while a backlog is
-//! drained), hand each partition's messages to the tenant's plugin,
-//! write the rows, make them durable, keep the rejected messages, and only then commit the
-//! offsets. The writes start as the plugin hands its rows over and go on, followed by the
-//! batch's durability barrier, while the next batch is polled and processed: up to
+//! drained), hand each partition's messages to the tenant's plugin, write the rows, make them
+//! durable, keep the rejected messages, and only then commit the offsets. The writes start as
+//! the plugin hands its rows over and go on, followed by the batch's durability barrier, while
+//! the next batch is polled and processed: up to
 //! [`UNCOMMITTED_AHEAD`] batches are on their way to durable at once, and their offsets are
 //! committed in order, each only once its rows are durable. A stop is seen between batches, so
 //! the batches in hand are always stored and committed first. A new plugin version is picked up
@@ -106,8 +106,8 @@ const UNCOMMITTED_AHEAD: usize = 2;
 /// How often the lag is read.
 const LAG_EVERY: Duration = Duration::from_secs(2);
 
-/// While there is a backlog (a poll got `batch_messages` from the queue at once), each next poll may
-/// take twice as many messages, up to this many times `batch_messages`: a batch's fixed costs
+/// While there is a backlog (a poll got `batch_messages` from the queue at once), each next poll
+/// may take twice as many messages, up to this many times `batch_messages`: a batch's fixed costs
 /// (the plugin calls, the barrier, the commit) are then spread over more rows while the instance
 /// catches up. The first poll without a backlog goes back to `batch_messages`, so a light load
 /// keeps small batches and their latency.
