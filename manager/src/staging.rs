@@ -3,17 +3,19 @@
 //! A file is staged as `<file_id>_<tenant>.<type>`, where the id is the server's receive time in
 //! nanoseconds (unique in this process); a client's name is never used for a path. An upload
 //! is written to `.incoming/` first; once complete it is fsynced, its metadata (the client's
-//! name, size, times) is written to `.meta/` and fsynced with its folder, and it is renamed into
-//! the folder and the folder fsynced. So a file visible in staging is complete and durable, and
-//! has its metadata. The folder syncs are group commits: uploads that finish together share
-//! them.
+//! name, size, times) is appended to the metadata log in `.meta/` ([`metadata`]) and synced,
+//! and it is renamed into the folder and the folder fsynced. So a file visible in staging is
+//! complete and durable, and has its metadata. The log's and the folder's syncs are group
+//! commits: uploads that finish together share them.
 //! Files the batch manager could not ingest move to `.failed/` for the operator.
 //!
-//! An ingested file and its metadata are not deleted: they are emptied into `.spare/` and the
-//! next uploads write into them. On a file system without a journal (ext4 so formatted, as on
-//! our CI machines) every new inode is found by skipping the inodes deleted in the last minutes
-//! one by one, so at hundreds of small files a second creating and deleting two files each
-//! cost a fifth of the platform's CPU; renaming an existing file costs no allocation.
+//! An ingested file is not deleted: it is emptied into `.spare/` and the next upload writes
+//! into it. On a file system without a journal (ext4 so formatted, as on our CI machines)
+//! every new inode is found by skipping the inodes deleted in the last minutes one by one, so
+//! at hundreds of small files a second creating and deleting files cost a fifth of the
+//! platform's CPU; renaming an existing file costs no allocation.
+
+mod metadata;
 
 use std::fs::{self, File};
 use std::io::{self, Write};
@@ -27,6 +29,7 @@ use serde::{Deserialize, Serialize};
 use crate::durable::GroupSync;
 use crate::source::FileId;
 use crate::tenants::{FileType, TenantId};
+use metadata::Metadata;
 
 /// The folder's name in the platform's root.
 pub const STAGING_DIR: &str = "client-staging-input-directory";
@@ -211,37 +214,27 @@ pub struct Staging {
     spares: Spares,
     /// Group commit of the folder's entries.
     entries: GroupSync,
-    /// Group commit of `.meta/`'s entries.
-    meta_entries: GroupSync,
+    /// The staged files' metadata.
+    metadata: Metadata,
 }
 
 impl Staging {
     /// Opens (creating) the folder and its `.incoming`, `.meta` and `.failed` sub-folders, and
-    /// removes uploads that were cut off by a crash.
+    /// removes uploads that were cut off by a crash (their files and their metadata).
     pub fn open(dir: &Path) -> io::Result<Self> {
-        for sub in [".incoming", ".meta", FAILED_DIR] {
+        for sub in [".incoming", FAILED_DIR] {
             fs::create_dir_all(dir.join(sub))?;
         }
         for entry in fs::read_dir(dir.join(".incoming"))?.flatten() {
             let _ = fs::remove_file(entry.path());
         }
-        // Metadata of an upload cut off between its metadata and its rename.
-        for entry in fs::read_dir(dir.join(".meta"))?.flatten() {
-            let name = entry.file_name().to_string_lossy().to_string();
-            let file = name
-                .strip_suffix(".json")
-                .or_else(|| name.strip_suffix(".attempts"))
-                .unwrap_or(&name);
-            if !dir.join(file).exists() {
-                let _ = fs::remove_file(entry.path());
-            }
-        }
+        let metadata = Metadata::open(&dir.join(".meta"), |file| dir.join(file).is_file())?;
         Ok(Staging {
             dir: dir.to_path_buf(),
             last_id: AtomicU64::new(0),
             spares: Spares::open(dir.join(SPARE_DIR))?,
             entries: GroupSync::folder(dir)?,
-            meta_entries: GroupSync::folder(&dir.join(".meta"))?,
+            metadata,
         })
     }
 
@@ -305,12 +298,9 @@ impl Staging {
                 .join(staged_name(incoming.id, &incoming.tenant, &incoming.file_type)),
             size: incoming.written,
         };
-        // The metadata goes straight to its name: nothing reads it before the file is in the
-        // folder, and a file cut off before it got there leaves only this behind.
-        let mut meta_file = self.spares.take(&self.meta_path(&staged))?;
-        meta_file.write_all(&serde_json::to_vec(meta).map_err(io::Error::other)?)?;
-        meta_file.sync_data()?;
-        self.meta_entries.wait(self.meta_entries.changed())?;
+        // Nothing reads the metadata before the file is in the folder; a file cut off before it
+        // got there leaves only this behind, dropped at the next start.
+        self.metadata.set(staged.id, &staged.name(), meta, true)?;
         fs::rename(&incoming.path, &staged.path)?;
         incoming.finished = true;
         self.entries.wait(self.entries.changed())?;
@@ -348,20 +338,16 @@ impl Staging {
 
     /// The metadata of a staged file (a file dropped in by hand gets metadata from its size).
     pub fn meta(&self, file: &StagedFile) -> UploadMeta {
-        fs::read(self.meta_path(file))
-            .ok()
-            .and_then(|bytes| serde_json::from_slice(&bytes).ok())
-            .unwrap_or_else(|| {
-                let size = fs::metadata(&file.path).map_or(0, |m| m.len());
-                let at = file.id.0 as f64 / 1e9;
-                UploadMeta {
-                    client_file_name: file.name(),
-                    file_received_size: size,
-                    request_started_at: at,
-                    staged_at: at,
-                    attempts: 0,
-                }
-            })
+        self.metadata.get(file.id).unwrap_or_else(|| {
+            let at = file.id.0 as f64 / 1e9;
+            UploadMeta {
+                client_file_name: file.name(),
+                file_received_size: file.size,
+                request_started_at: at,
+                staged_at: at,
+                attempts: 0,
+            }
+        })
     }
 
     /// Removes an ingested file and its metadata (emptied for reuse).
@@ -372,8 +358,7 @@ impl Staging {
     }
 
     fn forget(&self, file: &StagedFile) {
-        let _ = self.spares.give(&self.meta_path(file));
-        let _ = fs::remove_file(self.dir.join(".meta").join(format!("{}.attempts", file.name())));
+        self.metadata.forget(file.id);
     }
 
     /// Moves a file that could not be ingested to `.failed/`, for the operator.
@@ -385,36 +370,15 @@ impl Staging {
     }
 
     /// Counts an ingestion attempt of `file` and returns its metadata with the count of this
-    /// attempt. The count is written into the metadata file in place (no new file: on a
-    /// filesystem without a journal every inode created costs a scan), over the old content,
-    /// which it can only lengthen, so a crash leaves the old count or the new.
+    /// attempt. The count is appended to the metadata log, not synced: a process that is
+    /// killed keeps it (the kernel has it), a machine that loses power may count one less.
     pub fn begin_attempt(&self, file: &StagedFile) -> UploadMeta {
         let mut meta = self.meta(file);
-        let legacy = self.dir.join(".meta").join(format!("{}.attempts", file.name()));
-        if let Some(before) = fs::read_to_string(&legacy)
-            .ok()
-            .and_then(|s| s.trim().parse::<u32>().ok())
-        {
-            meta.attempts = meta.attempts.max(before);
-        }
         meta.attempts += 1;
-        let written = serde_json::to_vec(&meta).map_err(io::Error::other).and_then(|bytes| {
-            let mut out = fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(false)
-                .open(self.meta_path(file))?;
-            out.write_all(&bytes)?;
-            out.set_len(bytes.len() as u64)
-        });
-        if let Err(e) = written {
+        if let Err(e) = self.metadata.set(file.id, &file.name(), &meta, false) {
             log::warn!("staging: cannot count an attempt of {}: {e}", file.name());
         }
         meta
-    }
-
-    fn meta_path(&self, file: &StagedFile) -> PathBuf {
-        self.dir.join(".meta").join(format!("{}.json", file.name()))
     }
 }
 
@@ -474,11 +438,85 @@ mod tests {
         let (tenant, csv): (TenantId, FileType) = ("client1".parse().unwrap(), "csv".parse().unwrap());
         let incoming = staging.begin(&tenant, &csv).unwrap();
         let kept = staging.commit(incoming, &meta_of(3)).unwrap();
+        // An upload whose metadata was logged, cut off before its rename.
+        let cut_off = staging.begin(&tenant, &csv).unwrap();
+        let (id, name) = (cut_off.id, staged_name(cut_off.id, &tenant, &csv));
+        staging.metadata.set(id, &name, &meta_of(5), true).unwrap();
+        drop(cut_off);
         let orphan = dir.path().join(".meta").join("12_client1.csv.json");
         fs::write(&orphan, b"{").unwrap();
+        drop(staging);
         let staging = Staging::open(dir.path()).unwrap();
         assert!(!orphan.exists());
+        assert_eq!(
+            staging.metadata.get(id),
+            None,
+            "the cut-off upload's metadata is dropped"
+        );
         assert_eq!(staging.meta(&kept), meta_of(3), "the metadata of a staged file stays");
+    }
+
+    #[test]
+    fn metadata_files_of_an_older_version_move_into_the_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let name = "1700000000000000000_client1.csv";
+        fs::create_dir_all(dir.path().join(".meta")).unwrap();
+        fs::write(dir.path().join(name), b"a,b\n").unwrap();
+        let json = dir.path().join(".meta").join(format!("{name}.json"));
+        fs::write(&json, serde_json::to_vec(&meta_of(4)).unwrap()).unwrap();
+        let attempts = dir.path().join(".meta").join(format!("{name}.attempts"));
+        fs::write(&attempts, b"3").unwrap();
+        let staging = Staging::open(dir.path()).unwrap();
+        let staged = staging.parse(&dir.path().join(name)).unwrap();
+        let expected = UploadMeta {
+            attempts: 3,
+            ..meta_of(4)
+        };
+        assert_eq!(staging.meta(&staged), expected);
+        assert!(!json.exists() && !attempts.exists(), "the old files are deleted");
+        drop(staging);
+        assert_eq!(
+            Staging::open(dir.path()).unwrap().meta(&staged),
+            expected,
+            "the log has it"
+        );
+    }
+
+    #[test]
+    fn the_log_survives_a_line_cut_off_and_is_rewritten_when_mostly_forgotten() {
+        let dir = tempfile::tempdir().unwrap();
+        let staging = Staging::open(dir.path()).unwrap();
+        let (tenant, csv): (TenantId, FileType) = ("client1".parse().unwrap(), "csv".parse().unwrap());
+        let kept = staging
+            .commit(staging.begin(&tenant, &csv).unwrap(), &meta_of(1))
+            .unwrap();
+        let log = dir.path().join(".meta").join("uploads.jsonl");
+        let mut cut = fs::OpenOptions::new().append(true).open(&log).unwrap();
+        cut.write_all(br#"{"file":"17_client1.csv","id":17,"me"#).unwrap();
+        drop((cut, staging));
+
+        let staging = Staging::open(dir.path()).unwrap();
+        assert_eq!(staging.meta(&kept), meta_of(1));
+        let gone = staging
+            .commit(staging.begin(&tenant, &csv).unwrap(), &meta_of(2))
+            .unwrap();
+        for _ in 0..metadata::COMPACT_AFTER_LINES {
+            staging.begin_attempt(&gone);
+        }
+        let before = fs::metadata(&log).unwrap().len();
+        staging.remove(&gone).unwrap();
+        let after = fs::metadata(&log).unwrap().len();
+        assert!(after < before / 100, "rewritten: {before} -> {after} bytes");
+        assert_eq!(fs::read_to_string(&log).unwrap().lines().count(), 1);
+        staging.begin_attempt(&kept);
+        drop(staging);
+        let staging = Staging::open(dir.path()).unwrap();
+        assert_eq!(staging.meta(&kept).attempts, 1, "appends after the rewrite count");
+        assert_eq!(
+            staging.meta(&gone).client_file_name,
+            gone.name(),
+            "a file that left has none"
+        );
     }
 
     #[test]
@@ -503,7 +541,7 @@ mod tests {
         assert_eq!(
             fs::read_dir(dir.path().join(".meta")).unwrap().count(),
             1,
-            "no file but the metadata"
+            "no file but the metadata log"
         );
     }
 
@@ -521,7 +559,7 @@ mod tests {
             .unwrap()
             .map(|e| e.unwrap().metadata().unwrap().len())
             .collect();
-        assert_eq!(emptied, vec![0, 0], "the file and its metadata, emptied");
+        assert_eq!(emptied, vec![0], "the file, emptied");
         assert!(staging.scan().unwrap().is_empty());
 
         let mut second = staging.begin(&tenant, &csv).unwrap();
@@ -529,7 +567,7 @@ mod tests {
         let second = staging.commit(second, &meta_of(4)).unwrap();
         assert_eq!(fs::read(&second.path).unwrap(), b"1,2\n", "only the new upload's bytes");
         assert_eq!(staging.meta(&second), meta_of(4));
-        assert_eq!(fs::read_dir(&spares).unwrap().count(), 0, "both spares were taken");
+        assert_eq!(fs::read_dir(&spares).unwrap().count(), 0, "the spare was taken");
 
         staging.remove(&second).unwrap();
         drop(staging);
