@@ -12,7 +12,13 @@
 //! target/release/mysimbdp-bench --backend cassandra --cassandra 127.0.0.1:9042 --rows 1000000 \
 //!     --cqlsh "$(scripts/services.sh cqlsh)"
 //! target/release/mysimbdp-bench --backend embedded --rows 200000 --small-files 10000 --small-rows 100 --clients 8
+//! target/release/mysimbdp-bench --backend embedded --rows 200000 --small-files 10000 --small-data split
 //! ```
+//!
+//! On the embedded backend the small-files pass is followed by raw SQLite inserts of small
+//! files' rows (the pass's files, a transaction each; then as many new files, a platform group
+//! of them per transaction), so the platform's small-file rate can be read against what the
+//! store does with rows that arrive that way, and not only against the big file.
 
 mod cassandra;
 mod small_files;
@@ -78,6 +84,10 @@ struct Args {
     /// Rows per small file.
     #[arg(long, default_value_t = 100)]
     small_rows: u64,
+    /// How the small files are made: `seeds` (each its own devices, no shared key) or `split`
+    /// (one generated file cut into pieces: the big file's kind of rows).
+    #[arg(long, value_enum, default_value = "seeds")]
+    small_data: small_files::SmallData,
     /// Parallel clients posting the small files.
     #[arg(long, default_value_t = 8)]
     clients: u64,
@@ -297,10 +307,14 @@ fn main() -> anyhow::Result<()> {
             files: (spec.files / 10).clamp(1, 500),
             ..spec
         };
-        small_files::run(&platform, &tenant, data_shape, extension, warmup, 1_000_000)?;
+        println!("# small files: {:?}", args.small_data);
+        let warm_bodies = small_files::bodies(args.small_data, data_shape, warmup, 1_000_000)?;
+        small_files::run(&platform, &tenant, extension, spec.clients, &warm_bodies)?;
+        drop(warm_bodies);
+        let bodies = small_files::bodies(args.small_data, data_shape, spec, 2_000_000)?;
         let platform_pid = platform.pid().parse().ok();
         let (pass, cpu) = cpu::during(platform_pid, server_pid, || {
-            small_files::run(&platform, &tenant, data_shape, extension, spec, 2_000_000)
+            small_files::run(&platform, &tenant, extension, spec.clients, &bodies)
         });
         let pass = pass?;
         let big = sum(&platforms);
@@ -330,8 +344,72 @@ fn main() -> anyhow::Result<()> {
             "# small files: the last upload answered at {:.2} s; {}",
             pass.uploads_seconds, pass.stages
         );
+        if args.backend == BackendArg::Embedded {
+            // What the store itself does with rows that arrive in small files: the same files'
+            // rows inserted raw, one transaction per file, into the baseline's database; then
+            // as many new files' rows, a platform group's worth of files per transaction.
+            let per_file = small_files_rows(args.shape, work.path(), extension, &bodies)?;
+            let alone = runtime.block_on(embedded::raw_inserts(
+                &work.path().join("raw"),
+                &per_file,
+                spec.rows as usize,
+            ))?;
+            let group = mysimbdp::batch::BatchConfig::default().group_files as u64;
+            let more = small_files::bodies(args.small_data, data_shape, spec, 3_000_000)?;
+            let more = small_files_rows(args.shape, work.path(), extension, &more)?;
+            let grouped = runtime.block_on(embedded::raw_inserts(
+                &work.path().join("raw"),
+                &more,
+                (spec.rows * group) as usize,
+            ))?;
+            let raw = |what: String, data: &rows::DataSet, elapsed: Duration| Measure {
+                what,
+                rows: data.rows() as u64,
+                bytes: data.file_bytes,
+                seconds: elapsed.as_secs_f64(),
+                cpu: cpu::CpuUse::default(),
+            };
+            let alone = raw(
+                "baseline: rusqlite, those files' rows, a transaction each".into(),
+                &per_file,
+                alone,
+            );
+            let grouped = raw(
+                format!("baseline: rusqlite, new files, {group} per transaction"),
+                &more,
+                grouped,
+            );
+            alone.print(None);
+            grouped.print(None);
+            let big_raw = sum(&baselines);
+            println!(
+                "# small files against raw SQLite on small files' rows: platform {:.3}× a transaction per file, {:.3}× {group} files per transaction; those raw rates are {:.3}× and {:.3}× the big-file baseline",
+                pass.rows_per_second() / alone.rows_per_second(),
+                pass.rows_per_second() / grouped.rows_per_second(),
+                alone.rows_per_second() / big_raw,
+                grouped.rows_per_second() / big_raw,
+            );
+        }
     }
     Ok(())
+}
+
+/// The rows of small files, parsed as the baseline parses them, in order: one data set.
+fn small_files_rows(arg: ShapeArg, work: &Path, extension: &str, bodies: &[Vec<u8>]) -> anyhow::Result<rows::DataSet> {
+    let mut all: Option<rows::DataSet> = None;
+    for body in bodies {
+        let path = work.join(format!("small.{extension}"));
+        std::fs::write(&path, body)?;
+        let data = materialize(arg, &path)?;
+        match &mut all {
+            None => all = Some(data),
+            Some(all) => {
+                all.file_bytes += data.file_bytes;
+                all.values.extend(data.values);
+            }
+        }
+    }
+    all.context("no small files")
 }
 
 /// The platform's side of a round: the report's two times and the client's wall clock.

@@ -1,12 +1,54 @@
 //! The small-files pass: `files` files of `rows` rows each, posted by `clients` parallel
 //! clients, timed from the first request to the last file's report (the platform's `files_ok`
-//! reaching the count). Each file has its own seed, so no two files share a key.
+//! reaching the count). The files are made before the pass ([`bodies`]), in one of two ways
+//! ([`SmallData`]).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use anyhow::Context;
 use datagen::{Shape, Spec};
 use mysimbdp_tests::platform::{ADMIN_TOKEN, Platform, TenantSpec};
+
+/// Where the small files' rows come from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum SmallData {
+    /// Each file from a seed of its own: its own devices, no key shared with another file, so
+    /// the rows land all over the store's key space.
+    Seeds,
+    /// One generated file cut into pieces, each with the header: the big file's kind of rows
+    /// (a few devices, time going on), as devices that upload every minute send them.
+    Split,
+}
+
+/// The bodies of `spec.files` files of `spec.rows` rows, from `seed` on.
+pub fn bodies(data: SmallData, shape: Shape, spec: SmallFiles, seed: u64) -> anyhow::Result<Vec<Vec<u8>>> {
+    match data {
+        SmallData::Seeds => (0..spec.files)
+            .map(|index| {
+                let mut body = Vec::new();
+                Spec::rows(shape, spec.rows)
+                    .with_seed(seed + index)
+                    .write_to(&mut body)?;
+                Ok(body)
+            })
+            .collect(),
+        SmallData::Split => {
+            let whole = Spec::rows(shape, spec.files * spec.rows).with_seed(seed).to_vec();
+            let mut lines = whole.split_inclusive(|&b| b == b'\n');
+            let header = lines.next().context("the generated file has a header")?;
+            let lines: Vec<&[u8]> = lines.collect();
+            Ok(lines
+                .chunks(spec.rows.max(1) as usize)
+                .map(|piece| {
+                    let mut body = header.to_vec();
+                    piece.iter().for_each(|line| body.extend_from_slice(line));
+                    body
+                })
+                .collect())
+        }
+    }
+}
 
 /// What to send.
 #[derive(Clone, Copy)]
@@ -127,15 +169,15 @@ fn ingested(platform: &Platform, tenant: &str) -> (u64, u64) {
     (of("files_ok") + of("files_failed"), of("rows_ingested"))
 }
 
-/// Runs one pass; files take seeds from `first_seed` on.
+/// Runs one pass of `bodies` (one file each).
 pub fn run(
     platform: &Platform,
     tenant: &TenantSpec,
-    shape: Shape,
     extension: &str,
-    spec: SmallFiles,
-    first_seed: u64,
+    clients: u64,
+    bodies: &[Vec<u8>],
 ) -> anyhow::Result<Pass> {
+    let count = bodies.len() as u64;
     let (files_before, rows_before) = ingested(platform, &tenant.name);
     let next = AtomicU64::new(0);
     let retries = AtomicU64::new(0);
@@ -144,22 +186,17 @@ pub fn run(
         .map_or(0.0, |d| d.as_secs_f64());
     let started = Instant::now();
     std::thread::scope(|scope| -> anyhow::Result<()> {
-        let clients: Vec<_> = (0..spec.clients.max(1))
+        let clients: Vec<_> = (0..clients.max(1))
             .map(|_| {
                 scope.spawn(|| -> anyhow::Result<()> {
-                    let mut body = Vec::new();
                     loop {
                         let index = next.fetch_add(1, Ordering::Relaxed);
-                        if index >= spec.files {
+                        let Some(body) = bodies.get(index as usize) else {
                             return Ok(());
-                        }
-                        body.clear();
-                        Spec::rows(shape, spec.rows)
-                            .with_seed(first_seed + index)
-                            .write_to(&mut body)?;
+                        };
                         let path = format!("/v1/tenants/{}/files?name=small-{index}.{extension}", tenant.name);
                         loop {
-                            let (status, answer, headers) = platform.request("POST", &path, &tenant.token(), &body);
+                            let (status, answer, headers) = platform.request("POST", &path, &tenant.token(), body);
                             match status {
                                 201 => break,
                                 429 | 503 => {
@@ -187,7 +224,7 @@ pub fn run(
     let deadline = Instant::now() + Duration::from_secs(3600);
     let (files, rows) = loop {
         let (files, rows) = ingested(platform, &tenant.name);
-        if files >= files_before + spec.files {
+        if files >= files_before + count {
             break (files - files_before, rows - rows_before);
         }
         anyhow::ensure!(
