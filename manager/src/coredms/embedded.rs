@@ -135,7 +135,7 @@ impl EmbeddedTenant {
             )
             .map_err(|e| sqlite_error(&tenant, "preparing the database", e))?;
         let syncer = Syncer::start(&tenant, &path)?;
-        let (commands, receiver) = std::sync::mpsc::sync_channel(4);
+        let (commands, receiver) = std::sync::mpsc::sync_channel(QUEUED);
         let writer_tenant = tenant.clone();
         std::thread::Builder::new()
             .name(format!("sqlite-{tenant}"))
@@ -157,11 +157,18 @@ impl EmbeddedTenant {
     ) -> Result<T, StoreError> {
         let (reply, answer) = oneshot::channel();
         let commands = self.commands.clone();
-        let command = make(reply);
-        tokio::task::spawn_blocking(move || commands.send(command))
-            .await
-            .map_err(|e| internal(format!("the writer queue failed: {e}")))?
-            .map_err(|_| internal(format!("the writer of tenant {} stopped", self.tenant)))?;
+        let stopped = || internal(format!("the writer of tenant {} stopped", self.tenant));
+        // Queued at once when there is room; only a full queue costs a wait on the blocking pool.
+        match self.commands.try_send(make(reply)) {
+            Ok(()) => {}
+            Err(std::sync::mpsc::TrySendError::Disconnected(_)) => return Err(stopped()),
+            Err(std::sync::mpsc::TrySendError::Full(command)) => {
+                tokio::task::spawn_blocking(move || commands.send(command))
+                    .await
+                    .map_err(|e| internal(format!("the writer queue failed: {e}")))?
+                    .map_err(|_| stopped())?;
+            }
+        }
         answer
             .await
             .map_err(|_| internal(format!("the writer of tenant {} stopped", self.tenant)))?
@@ -299,7 +306,13 @@ impl TenantStore for EmbeddedTenant {
 
 /// Commands taken from the queue to share one transaction or one sync, at most: a write or a
 /// flush waits for no more than this many commands queued behind it.
-const GROUP: usize = 16;
+const GROUP: usize = 32;
+
+/// Commands waiting for the writer, at most. What they hold is bounded before they get here
+/// (the tenant's writes in flight, 32 by default); the room lets the writes of many small
+/// files, each a write of its own, queue up into one transaction while the writer commits the
+/// last: a transaction per file cost half the insert rate of rows that arrive in order.
+const QUEUED: usize = 32;
 
 type WriteReply = oneshot::Sender<Result<Written, StoreError>>;
 
