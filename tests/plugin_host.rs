@@ -77,7 +77,7 @@ fn ingest(version: &Arc<PluginVersion>, input: &str) -> Result<Vec<Vec<Value>>, 
     let tables: Vec<_> = version.manifest.tables.iter().cloned().map(Arc::new).collect();
     let input = input.to_string();
     let receiver = version
-        .spawn_call("test", move |library| {
+        .spawn_call(move |library| {
             let info = FileInfo {
                 file_id: RString::from("1"),
                 file_name: RString::from("test.csv"),
@@ -207,7 +207,7 @@ fn a_panicking_plugin_fails_its_call_by_name_and_the_host_serves_other_tenants()
         .unwrap_err();
     assert!(refused.to_string().contains("quarantined"), "{refused}");
     assert!(refused.to_string().contains("asked to panic"), "{refused}");
-    assert!(version.spawn_call("test", |_| ()).is_err());
+    assert!(version.spawn_call(|_| ()).is_err());
 
     install_file(&library("lab_plugin_v2"), &lab.plugins.join(LAB_FILE));
     lab.host.reconcile_now();
@@ -304,6 +304,48 @@ fn work_in_flight_finishes_on_the_old_version_while_new_work_goes_to_the_new_one
         cache_mappings(&lab.cache).iter().filter(|l| l.contains(".g1.")).count(),
         0
     );
+}
+
+/// The OS thread a call of `version` ran on, as its `/proc/self/task` entry.
+fn thread_of_a_call(version: &Arc<PluginVersion>) -> PathBuf {
+    let link = version
+        .spawn_call(|_| std::fs::read_link("/proc/thread-self").expect("/proc/thread-self"))
+        .expect("the version takes calls")
+        .blocking_recv()
+        .expect("the call ran");
+    let tid = link.file_name().expect("a thread id").to_owned();
+    Path::new("/proc/self/task").join(tid)
+}
+
+#[test]
+fn a_version_reuses_its_idle_threads_and_ends_them_when_it_is_replaced() {
+    let lab = start(&[("lab", "csv")]);
+    let target = lab.plugins.join(LAB_FILE);
+    install_file(&library("lab_plugin_v1"), &target);
+    lab.host.reconcile_now();
+    let old = lab_version(&lab);
+
+    // A call's thread waits for the next call instead of ending: one thread serves them all.
+    let first = thread_of_a_call(&old);
+    for _ in 0..20 {
+        assert!(wait_until(Duration::from_secs(10), || old.idle_threads() == 1));
+        assert_eq!(thread_of_a_call(&old), first);
+    }
+    assert_eq!(version_of(&ingest(&old, "a,1\n").unwrap()), "v1");
+    assert!(first.exists(), "the idle thread lives on");
+
+    // Replacing the version ends its idle thread at once, then unmaps the library.
+    install_file(&library("lab_plugin_v2"), &target);
+    lab.host.reconcile_now();
+    assert!(wait_until(Duration::from_secs(5), || lab.host.retiring() == 0));
+    assert!(!first.exists(), "the retired version's thread was joined");
+    assert_eq!(old.idle_threads(), 0);
+    assert!(old.spawn_call(|_| ()).is_err(), "a retired version takes no call");
+    assert_eq!(
+        cache_mappings(&lab.cache).iter().filter(|l| l.contains(".g1.")).count(),
+        0
+    );
+    assert_eq!(version_of(&ingest(&lab_version(&lab), "b,2\n").unwrap()), "v2");
 }
 
 #[test]

@@ -259,7 +259,9 @@ pub trait BatchIngestApp {
     fn tables() -> Vec<TableSpec>;
 
     /// Reads the whole file from `input` and pushes its rows to `output`. Called once per
-    /// file, on a thread the platform owns; buffered rows are flushed when it returns `Ok`.
+    /// file, on a thread the platform owns (files run side by side, and one thread serves many
+    /// files in turn, so a thread-local outlives a file); buffered rows are flushed when it
+    /// returns `Ok`.
     /// An `Err` fails the file: rows and rejects still buffered are dropped, rows already
     /// handed over (every `batch_rows` rows) stay stored, and a new upload of the file
     /// rewrites the same keys.

@@ -134,7 +134,7 @@ fn timed(
 }
 
 impl PluginVersion {
-    /// Ingests a file on a new thread of this version: the plugin reads `input` and its rows
+    /// Ingests a file on a thread of this version: the plugin reads `input` and its rows
     /// come back through the returned stream, at most `capacity` batches ahead of the reader.
     /// `cancel` stops the plugin at its next hand-over (shutdown).
     pub fn ingest_file(
@@ -146,7 +146,7 @@ impl PluginVersion {
     ) -> Result<BatchStream, CallRefused> {
         let (batches, received) = mpsc::channel(capacity.max(1));
         let (done, outcome) = oneshot::channel();
-        self.spawn_owned("file", move |version, library| {
+        self.spawn_owned(move |version, library| {
             let info = FileInfo {
                 file_id: RString::from(file.file_id),
                 file_name: RString::from(file.file_name),
@@ -188,7 +188,7 @@ impl PluginVersion {
             kind: ErrorKind::Internal,
             message: e.to_string(),
         };
-        self.spawn_owned("instance", move |version, library| {
+        self.spawn_owned(move |version, library| {
             let started = thread_cpu_ns();
             let handle = library.stream_open(&info);
             version.add_cpu(thread_cpu_ns().saturating_sub(started));

@@ -1,18 +1,21 @@
 //! One loaded version of a plugin and the threads it owns.
 //!
-//! Every call into a version runs on a thread the version spawned for it (a file's call, or a
-//! stream instance for its whole life); the version keeps the handles. Retiring a version stops
-//! new calls, fires its cancellation token (instances close at their next batch boundary),
-//! waits for the calls in flight, joins every thread (so the plugin's thread-local destructors
-//! have run), and only then closes the library: with no thread-local destructor left
-//! registered, `dlclose` really unmaps it.
+//! Every call into a version runs on a thread the version owns (a file's call, or a stream
+//! instance for its whole life); the version keeps the handles. A thread whose call ended waits
+//! [`THREAD_LINGER`] for the version's next call before it ends, so a burst of small files does
+//! not start a thread per file. Retiring a version stops new calls, fires its cancellation token
+//! (instances close at their next batch boundary), tells its idle threads to end, waits for the
+//! calls in flight, joins every thread (so the plugin's thread-local destructors have run), and
+//! only then closes the library: with no thread-local destructor left registered, `dlclose`
+//! really unmaps it.
 //!
 //! A version that fails several calls in a row (panics or internal errors, not bad input) is
 //! quarantined: it takes no more work and says why, until a new file replaces it.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -108,6 +111,7 @@ pub struct PluginVersion {
     private_copy: PathBuf,
     state: Mutex<VersionState>,
     threads: Mutex<Vec<JoinHandle<()>>>,
+    pool: Mutex<Pool>,
     calls_in_flight: AtomicU64,
     consecutive_failures: AtomicU32,
     quarantine_after: u32,
@@ -146,6 +150,7 @@ impl PluginVersion {
             private_copy,
             state: Mutex::new(VersionState::Active),
             threads: Mutex::new(Vec::new()),
+            pool: Mutex::new(Pool::default()),
             calls_in_flight: AtomicU64::new(0),
             consecutive_failures: AtomicU32::new(0),
             quarantine_after: quarantine_after.max(1),
@@ -173,20 +178,16 @@ impl PluginVersion {
         &self.private_copy
     }
 
-    /// Runs `call` on a new thread owned by this version and returns a receiver for its
-    /// result; the thread's CPU time is added to the version's usage. The closure gets the
-    /// library; it must not keep anything the plugin allocated.
-    pub fn spawn_call<R, F>(
-        self: &Arc<Self>,
-        purpose: &str,
-        call: F,
-    ) -> Result<tokio::sync::oneshot::Receiver<R>, CallRefused>
+    /// Runs `call` on a thread owned by this version and returns a receiver for its result;
+    /// the call's CPU time is added to the version's usage. The closure gets the library; it
+    /// must not keep anything the plugin allocated.
+    pub fn spawn_call<R, F>(self: &Arc<Self>, call: F) -> Result<tokio::sync::oneshot::Receiver<R>, CallRefused>
     where
         R: Send + 'static,
         F: FnOnce(&LoadedLibrary) -> R + Send + 'static,
     {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        self.spawn_owned(purpose, move |version, library| {
+        self.spawn_owned(move |version, library| {
             let started = thread_cpu_ns();
             let result = call(library);
             version.add_cpu(thread_cpu_ns().saturating_sub(started));
@@ -196,26 +197,35 @@ impl PluginVersion {
         Ok(rx)
     }
 
-    /// Runs `work` on a new thread owned by this version, for as long as it takes (a stream
-    /// instance runs for the instance's life). The version counts it as a call in flight, so
-    /// it is not unloaded before the thread ends; retiring it fires [`retired`](Self::retired).
-    pub(super) fn spawn_owned<F>(self: &Arc<Self>, purpose: &str, work: F) -> Result<(), CallRefused>
+    /// Runs `work` on a thread owned by this version, for as long as it takes (a stream
+    /// instance runs for the instance's life): an idle one of its threads if there is one, else
+    /// a new one. The version counts it as a call in flight, so it is not unloaded before the
+    /// work ends; retiring it fires [`retired`](Self::retired).
+    pub(super) fn spawn_owned<F>(self: &Arc<Self>, work: F) -> Result<(), CallRefused>
     where
         F: FnOnce(&Arc<PluginVersion>, &LoadedLibrary) + Send + 'static,
     {
         self.check_takes_work()?;
-        let version = Arc::clone(self);
-        self.calls_in_flight.fetch_add(1, Ordering::SeqCst);
-        let name = format!("plugin-{}-g{}-{purpose}", self.id.tenant, self.generation);
-        let spawned = std::thread::Builder::new().name(name).spawn(move || {
-            {
-                let library = version.library.read().unwrap_or_else(|e| e.into_inner());
-                if let Some(library) = library.as_ref() {
-                    work(&version, library);
-                }
+        let in_flight = InFlight::new(Arc::clone(self));
+        let job: Job = Box::new(move || {
+            let version = &in_flight.0;
+            let library = version.library.read().unwrap_or_else(|e| e.into_inner());
+            if let Some(library) = library.as_ref() {
+                work(version, library);
             }
-            version.calls_in_flight.fetch_sub(1, Ordering::SeqCst);
+            // `in_flight` drops here, after the lock: the call is over, even if `work` panicked.
         });
+        let job = match self.hand_to_idle_thread(job) {
+            Ok(()) => return Ok(()),
+            Err(job) => job,
+        };
+        let (sender, jobs) = std::sync::mpsc::sync_channel(1);
+        let version = Arc::downgrade(self);
+        let name = format!("plugin-{}-g{}", self.id.tenant, self.generation);
+        // On failure the job is dropped unrun, and with it its count in flight.
+        let spawned = std::thread::Builder::new()
+            .name(name)
+            .spawn(move || pooled_thread(version, sender, jobs, job));
         match spawned {
             Ok(handle) => {
                 let mut threads = self.threads.lock().unwrap_or_else(|e| e.into_inner());
@@ -223,13 +233,43 @@ impl PluginVersion {
                 threads.push(handle);
                 Ok(())
             }
-            Err(e) => {
-                self.calls_in_flight.fetch_sub(1, Ordering::SeqCst);
-                Err(CallRefused::Spawn {
-                    plugin: self.id.to_string(),
-                    reason: e.to_string(),
-                })
+            Err(e) => Err(CallRefused::Spawn {
+                plugin: self.id.to_string(),
+                reason: e.to_string(),
+            }),
+        }
+    }
+
+    /// Gives `job` to an idle thread of this version; hands it back if there is none.
+    fn hand_to_idle_thread(&self, mut job: Job) -> Result<(), Job> {
+        let mut pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
+        while let Some(idle) = pool.idle.pop() {
+            // An idle thread's channel is empty, so this never blocks; a thread that is gone
+            // gives the job back.
+            match idle.sender.try_send(Some(job)) {
+                Ok(()) => return Ok(()),
+                Err(TrySendError::Full(back) | TrySendError::Disconnected(back)) => {
+                    job = back.expect("a job was sent");
+                }
             }
+        }
+        Err(job)
+    }
+
+    /// How many of this version's threads wait for a call.
+    pub fn idle_threads(&self) -> usize {
+        self.pool.lock().unwrap_or_else(|e| e.into_inner()).idle.len()
+    }
+
+    /// Tells the idle threads to end and the busy ones to end after their call.
+    fn close_pool(&self) {
+        let idle = {
+            let mut pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
+            pool.closed = true;
+            std::mem::take(&mut pool.idle)
+        };
+        for thread in idle {
+            let _ = thread.sender.try_send(None);
         }
     }
 
@@ -292,6 +332,7 @@ impl PluginVersion {
     pub(super) fn retire(&self) {
         *self.state.lock().unwrap_or_else(|e| e.into_inner()) = VersionState::Retiring;
         self.retired.cancel();
+        self.close_pool();
     }
 
     /// If no call is in flight: joins the version's threads, closes the library and deletes the
@@ -300,9 +341,11 @@ impl PluginVersion {
         if self.calls_in_flight.load(Ordering::SeqCst) > 0 {
             return false;
         }
+        self.close_pool();
         let threads = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|e| e.into_inner()));
         for thread in threads {
-            // Each thread ends right after its call; joining waits for its TLS destructors.
+            // With the pool closed and no call in flight, each thread is ending; joining waits
+            // for its TLS destructors.
             let _ = thread.join();
         }
         let library = self.library.write().unwrap_or_else(|e| e.into_inner()).take();
@@ -351,6 +394,86 @@ impl Drop for PluginVersion {
             );
             std::mem::forget(library);
         }
+    }
+}
+
+/// How long a thread whose call ended waits for the version's next call.
+pub const THREAD_LINGER: Duration = Duration::from_secs(10);
+
+/// A call for one of the version's threads.
+type Job = Box<dyn FnOnce() + Send>;
+
+/// The version's threads that wait for a call.
+#[derive(Default)]
+struct Pool {
+    idle: Vec<IdleThread>,
+    /// Set when the version retires or unloads: threads end after their call.
+    closed: bool,
+    next_thread: u64,
+}
+
+struct IdleThread {
+    id: u64,
+    /// Capacity 1; `None` tells the thread to end.
+    sender: SyncSender<Option<Job>>,
+}
+
+/// A call in flight, counted until this drops (also when the call panics).
+struct InFlight(Arc<PluginVersion>);
+
+impl InFlight {
+    fn new(version: Arc<PluginVersion>) -> Self {
+        version.calls_in_flight.fetch_add(1, Ordering::SeqCst);
+        InFlight(version)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.calls_in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// A thread of a version: runs `job`, then waits up to [`THREAD_LINGER`] for the next one.
+/// Between calls it holds no strong reference to the version, so an idle thread never keeps
+/// one alive.
+fn pooled_thread(version: Weak<PluginVersion>, sender: SyncSender<Option<Job>>, jobs: Receiver<Option<Job>>, job: Job) {
+    let mut job = job;
+    loop {
+        job();
+        let id = {
+            let Some(version) = version.upgrade() else { return };
+            let mut pool = version.pool.lock().unwrap_or_else(|e| e.into_inner());
+            if pool.closed {
+                return;
+            }
+            let id = pool.next_thread;
+            pool.next_thread += 1;
+            pool.idle.push(IdleThread {
+                id,
+                sender: sender.clone(),
+            });
+            id
+        };
+        job = match jobs.recv_timeout(THREAD_LINGER) {
+            Ok(Some(next)) => next,
+            Ok(None) | Err(RecvTimeoutError::Disconnected) => return,
+            Err(RecvTimeoutError::Timeout) => {
+                let Some(version) = version.upgrade() else { return };
+                let mut pool = version.pool.lock().unwrap_or_else(|e| e.into_inner());
+                if let Some(at) = pool.idle.iter().position(|idle| idle.id == id) {
+                    pool.idle.swap_remove(at);
+                    return;
+                }
+                // Taken off the idle list just now: a job or the word to end is on its way.
+                drop(pool);
+                drop(version);
+                match jobs.recv() {
+                    Ok(Some(next)) => next,
+                    Ok(None) | Err(_) => return,
+                }
+            }
+        };
     }
 }
 
