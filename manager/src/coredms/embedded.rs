@@ -156,22 +156,20 @@ impl EmbeddedTenant {
         make: impl FnOnce(oneshot::Sender<Result<T, StoreError>>) -> Command,
     ) -> Result<T, StoreError> {
         let (reply, answer) = oneshot::channel();
-        let commands = self.commands.clone();
         let stopped = || internal(format!("the writer of tenant {} stopped", self.tenant));
         // Queued at once when there is room; only a full queue costs a wait on the blocking pool.
         match self.commands.try_send(make(reply)) {
             Ok(()) => {}
             Err(std::sync::mpsc::TrySendError::Disconnected(_)) => return Err(stopped()),
             Err(std::sync::mpsc::TrySendError::Full(command)) => {
+                let commands = self.commands.clone();
                 tokio::task::spawn_blocking(move || commands.send(command))
                     .await
                     .map_err(|e| internal(format!("the writer queue failed: {e}")))?
                     .map_err(|_| stopped())?;
             }
         }
-        answer
-            .await
-            .map_err(|_| internal(format!("the writer of tenant {} stopped", self.tenant)))?
+        answer.await.map_err(|_| stopped())?
     }
 
     /// Runs a read on the blocking pool, on a read-only connection taken from the tenant's
