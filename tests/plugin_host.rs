@@ -66,6 +66,14 @@ fn start(tenant_list: &[(&str, &str)]) -> Lab {
     }
 }
 
+impl Lab {
+    /// Installs the test library `name` as the plugin file `target` and lets the host see it.
+    fn deploy(&self, name: &str, target: &Path) {
+        install_file(&library(name), target);
+        self.host.reconcile_now();
+    }
+}
+
 fn lab_version(lab: &Lab) -> Arc<PluginVersion> {
     lab.host
         .batch_plugin(&"lab".parse().unwrap(), &"csv".parse().unwrap())
@@ -209,8 +217,7 @@ fn a_panicking_plugin_fails_its_call_by_name_and_the_host_serves_other_tenants()
     assert!(refused.to_string().contains("asked to panic"), "{refused}");
     assert!(version.spawn_call(|_| ()).is_err());
 
-    install_file(&library("lab_plugin_v2"), &lab.plugins.join(LAB_FILE));
-    lab.host.reconcile_now();
+    lab.deploy("lab_plugin_v2", &lab.plugins.join(LAB_FILE));
     let v2 = lab_version(&lab);
     assert_eq!(version_of(&ingest(&v2, "a,1\n").unwrap()), "v2");
     let panicked_copy = version.private_copy().display().to_string();
@@ -226,8 +233,7 @@ fn foreign_and_incompatible_libraries_are_refused_with_the_file_and_the_reason()
     let target = lab.plugins.join(LAB_FILE);
     let lab_id = ("lab".parse().unwrap(), "csv".parse().unwrap());
 
-    install_file(&library("foreign_library"), &target);
-    lab.host.reconcile_now();
+    lab.deploy("foreign_library", &target);
     let error = lab.host.batch_plugin(&lab_id.0, &lab_id.1).unwrap_err().to_string();
     assert!(
         error.contains(LAB_FILE) && error.contains("is not a mysimbdp plugin"),
@@ -235,8 +241,7 @@ fn foreign_and_incompatible_libraries_are_refused_with_the_file_and_the_reason()
     );
     assert!(error.contains("MYSIMBDP_PLUGIN_API_TAG"), "{error}");
 
-    install_file(&library("future_api_plugin"), &target);
-    lab.host.reconcile_now();
+    lab.deploy("future_api_plugin", &target);
     let error = lab.host.batch_plugin(&lab_id.0, &lab_id.1).unwrap_err().to_string();
     let expected = format!("built against plugin-api version {}", plugin_api::API_VERSION + 1);
     assert!(
@@ -245,15 +250,13 @@ fn foreign_and_incompatible_libraries_are_refused_with_the_file_and_the_reason()
     );
 
     // A plugin of another tenant under this tenant's name.
-    install_file(&library("clientbatchingestapp_client1_csv"), &target);
-    lab.host.reconcile_now();
+    lab.deploy("clientbatchingestapp_client1_csv", &target);
     let error = lab.host.batch_plugin(&lab_id.0, &lab_id.1).unwrap_err().to_string();
     assert!(error.contains("names tenant \"client1\""), "{error}");
 
     // Broken files never took the process down, and leave nothing mapped.
     assert_eq!(cache_mappings(&lab.cache), Vec::<String>::new());
-    install_file(&library("lab_plugin_v1"), &target);
-    lab.host.reconcile_now();
+    lab.deploy("lab_plugin_v1", &target);
     assert_eq!(ingest(&lab_version(&lab), "a,1\n").unwrap().len(), 1);
 }
 
@@ -261,8 +264,7 @@ fn foreign_and_incompatible_libraries_are_refused_with_the_file_and_the_reason()
 fn a_broken_update_keeps_the_working_version_serving() {
     let lab = start(&[("lab", "csv")]);
     let target = lab.plugins.join(LAB_FILE);
-    install_file(&library("lab_plugin_v1"), &target);
-    lab.host.reconcile_now();
+    lab.deploy("lab_plugin_v1", &target);
     std::fs::write(&target, b"\x7fELF truncated").unwrap();
     lab.host.reconcile_now();
     let version = lab_version(&lab);
@@ -280,8 +282,7 @@ fn a_broken_update_keeps_the_working_version_serving() {
 fn work_in_flight_finishes_on_the_old_version_while_new_work_goes_to_the_new_one() {
     let lab = start(&[("lab", "csv")]);
     let target = lab.plugins.join(LAB_FILE);
-    install_file(&library("lab_plugin_v1"), &target);
-    lab.host.reconcile_now();
+    lab.deploy("lab_plugin_v1", &target);
     let old = lab_version(&lab);
     let release = lab.plugins.join("release-the-slow-call");
     let started = lab.plugins.join("the-slow-call-started");
@@ -290,8 +291,7 @@ fn work_in_flight_finishes_on_the_old_version_while_new_work_goes_to_the_new_one
     // The new version comes only once the old one's call is in flight.
     assert!(wait_until(Duration::from_secs(10), || started.exists()));
 
-    install_file(&library("lab_plugin_v2"), &target);
-    lab.host.reconcile_now();
+    lab.deploy("lab_plugin_v2", &target);
     assert_eq!(version_of(&ingest(&lab_version(&lab), "c,3\n").unwrap()), "v2");
     assert_eq!(lab.host.retiring(), 1, "the old version waits for its call");
 
@@ -321,8 +321,7 @@ fn thread_of_a_call(version: &Arc<PluginVersion>) -> PathBuf {
 fn a_version_reuses_its_idle_threads_and_ends_them_when_it_is_replaced() {
     let lab = start(&[("lab", "csv")]);
     let target = lab.plugins.join(LAB_FILE);
-    install_file(&library("lab_plugin_v1"), &target);
-    lab.host.reconcile_now();
+    lab.deploy("lab_plugin_v1", &target);
     let old = lab_version(&lab);
 
     // A call's thread waits for the next call instead of ending: one thread serves them all.
@@ -335,8 +334,7 @@ fn a_version_reuses_its_idle_threads_and_ends_them_when_it_is_replaced() {
     assert!(first.exists(), "the idle thread lives on");
 
     // Replacing the version ends its idle thread at once, then unmaps the library.
-    install_file(&library("lab_plugin_v2"), &target);
-    lab.host.reconcile_now();
+    lab.deploy("lab_plugin_v2", &target);
     assert!(wait_until(Duration::from_secs(5), || lab.host.retiring() == 0));
     assert!(!first.exists(), "the retired version's thread was joined");
     assert_eq!(old.idle_threads(), 0);
@@ -405,8 +403,7 @@ fn text(value: &Value) -> &str {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stream_instance_keeps_its_state_across_batches_on_a_thread_of_its_version_and_unloads_after_it_closes() {
     let lab = start(&[("lab", "csv")]);
-    install_file(&library("lab_stream_v1"), &lab.plugins.join(LAB_STREAM_FILE));
-    lab.host.reconcile_now();
+    lab.deploy("lab_stream_v1", &lab.plugins.join(LAB_STREAM_FILE));
     let version = lab_stream(&lab);
     let instance = version.open_instance("instance-1", 100).await.unwrap();
 
@@ -444,8 +441,7 @@ async fn a_stream_instance_keeps_its_state_across_batches_on_a_thread_of_its_ver
 async fn a_new_version_under_running_instances_retires_them_at_their_next_boundary_and_the_old_library_unloads() {
     let lab = start(&[("lab", "csv")]);
     let target = lab.plugins.join(LAB_STREAM_FILE);
-    install_file(&library("lab_stream_v1"), &target);
-    lab.host.reconcile_now();
+    lab.deploy("lab_stream_v1", &target);
     let v1 = lab_stream(&lab);
     let instances = [
         v1.open_instance("i-1", 100).await.unwrap(),
@@ -458,8 +454,7 @@ async fn a_new_version_under_running_instances_retires_them_at_their_next_bounda
             .process(batch, 4, tokio_util::sync::CancellationToken::new())
             .unwrap()
     };
-    install_file(&library("lab_stream_v2"), &target);
-    lab.host.reconcile_now();
+    lab.deploy("lab_stream_v2", &target);
     let v2 = lab_stream(&lab);
     assert_eq!(v2.plugin_version(), "2.0.0");
     assert_eq!(lab.host.retiring(), 1, "v1 waits for its instances");
