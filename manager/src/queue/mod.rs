@@ -36,6 +36,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use futures_util::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 
 use crate::tenants::TenantId;
@@ -150,13 +151,15 @@ pub trait QueueConsumer: Send {
     async fn poll(&mut self, max: usize, wait: Duration) -> Result<Vec<QueuedMessage>, QueueError>;
 
     /// Commits, for each `(partition, offset)`, every message of that partition up to and
-    /// including `offset`: a consumer of this group started later begins after it. Returns
-    /// once the commit is durable. Commit only what is stored.
-    async fn commit(&mut self, up_to: &[(u32, u64)]) -> Result<(), QueueError>;
+    /// including `offset`: a consumer of this group started later begins after it. The future
+    /// ends once the commit is durable; it does not borrow the consumer, so the consumer may poll
+    /// on while a commit is under way. Commit only what is stored.
+    fn commit(&mut self, up_to: &[(u32, u64)]) -> BoxFuture<'static, Result<(), QueueError>>;
 
     /// Messages of the whole topic not yet committed by this group (all partitions, whoever
-    /// owns them): what the group still has to process.
-    async fn lag(&mut self) -> Result<u64, QueueError>;
+    /// owns them): what the group still has to process. Like a commit, the future does not
+    /// borrow the consumer.
+    fn lag(&mut self) -> BoxFuture<'static, Result<u64, QueueError>>;
 
     /// The partitions currently assigned to this consumer, in increasing order (empty while the
     /// group is still forming, or when the group has more consumers than the topic partitions).

@@ -126,6 +126,13 @@ pub(super) struct Task {
     /// The generation whose tables were prepared in the store.
     prepared: Option<u64>,
     lag_read_at: Option<Instant>,
+    /// The lag read under way (it runs beside the batches; its figure is taken at the next
+    /// step after it ends).
+    lag_read: Option<tokio::task::JoinHandle<Result<u64, crate::queue::QueueError>>>,
+    /// The commit under way and the offsets it sends: it runs while the next batch is polled
+    /// and processed, and is waited for before the next commit (commits stay in order) and
+    /// before the instance stops.
+    committing: Option<Committing>,
     /// Messages the next poll takes at most: `batch_messages`, more while there is a backlog.
     poll_size: usize,
     /// The batches being written and made durable while the next one is processed, oldest first.
@@ -141,6 +148,12 @@ pub(super) struct Task {
     /// Where reports go (the monitor).
     reports: mpsc::Sender<InstanceReport>,
 }
+
+/// A commit on its way, with the offsets it sends.
+type Committing = (
+    tokio::task::JoinHandle<Result<(), crate::queue::QueueError>>,
+    Vec<(u32, u64)>,
+);
 
 /// The counters of the current report period.
 pub(super) struct Period {
@@ -202,6 +215,8 @@ pub(super) async fn run(
         plugin: None,
         prepared: None,
         lag_read_at: None,
+        lag_read: None,
+        committing: None,
         poll_size: 0,
         pending: VecDeque::new(),
         refused: BTreeMap::new(),
@@ -263,6 +278,8 @@ impl Task {
     /// batch overlap the poll and the plugin of the next, and a batch's offsets are still
     /// committed only once its rows are durable, in order.
     async fn step(&mut self) -> Result<(), Pause> {
+        // The lag is read also while the instance waits (paused, no plugin).
+        self.read_lag().await;
         if self.ctx.is_paused(&self.tenant) {
             self.settle().await?;
             return Err(Pause(format!(
@@ -370,6 +387,7 @@ impl Task {
         while let Some(batch) = self.pending.pop_front() {
             self.settle_batch(batch).await?;
         }
+        self.finish_commit().await;
         Ok(())
     }
 
@@ -418,8 +436,10 @@ impl Task {
 
     /// Commits `offsets` of a durable batch, with those refused before whose partitions are
     /// still this instance's (a partition that moved is read again by its new owner from its
-    /// committed offset, and rewritten to the same keys).
+    /// committed offset, and rewritten to the same keys). The commit before it is waited for
+    /// first; this one goes on in the background.
     async fn commit(&mut self, offsets: Vec<(u32, u64)>) {
+        self.finish_commit().await;
         for (partition, offset) in offsets {
             let last = self.refused.entry(partition).or_insert(offset);
             *last = (*last).max(offset);
@@ -435,14 +455,29 @@ impl Task {
         {
             self.refused.retain(|partition, _| owned.contains(partition));
         }
-        let offsets: Vec<(u32, u64)> = self.refused.iter().map(|(p, o)| (*p, *o)).collect();
-        match consumer.commit(&offsets).await {
-            Ok(()) => self.refused.clear(),
-            Err(e) => log::warn!(
-                "stream: tenant={} instance={} commit failed, sent again at the next batch boundary: {e}",
-                self.tenant,
-                self.id
-            ),
+        let offsets: Vec<(u32, u64)> = std::mem::take(&mut self.refused).into_iter().collect();
+        let commit = tokio::spawn(consumer.commit(&offsets));
+        self.committing = Some((commit, offsets));
+    }
+
+    /// Waits for the commit under way; what it could not commit is sent again with the next.
+    async fn finish_commit(&mut self) {
+        let Some((commit, offsets)) = self.committing.take() else {
+            return;
+        };
+        let error = match commit.await {
+            Ok(Ok(())) => return,
+            Ok(Err(e)) => e.to_string(),
+            Err(e) => format!("the commit task failed: {e}"),
+        };
+        log::warn!(
+            "stream: tenant={} instance={} commit failed, sent again at the next batch boundary: {error}",
+            self.tenant,
+            self.id
+        );
+        for (partition, offset) in offsets {
+            let last = self.refused.entry(partition).or_insert(offset);
+            *last = (*last).max(offset);
         }
     }
 
@@ -600,15 +635,20 @@ impl Task {
         Ok(messages)
     }
 
+    /// Takes the figure of a lag read that ended, and starts the next once [`LAG_EVERY`] has
+    /// passed: the read (several round trips to a broker) never holds up a batch.
     async fn read_lag(&mut self) {
-        if self.lag_read_at.is_some_and(|at| at.elapsed() < LAG_EVERY) {
-            return;
-        }
-        self.lag_read_at = Some(Instant::now());
-        if let Some(consumer) = self.consumer.as_mut()
-            && let Ok(lag) = consumer.lag().await
+        if let Some(read) = self.lag_read.take_if(|read| read.is_finished())
+            && let Ok(Ok(lag)) = read.await
         {
             self.status().lag = Some(lag);
+        }
+        if self.lag_read.is_some() || self.lag_read_at.is_some_and(|at| at.elapsed() < LAG_EVERY) {
+            return;
+        }
+        if let Some(consumer) = self.consumer.as_mut() {
+            self.lag_read_at = Some(Instant::now());
+            self.lag_read = Some(tokio::spawn(consumer.lag()));
         }
     }
 

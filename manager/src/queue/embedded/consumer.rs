@@ -3,10 +3,11 @@
 //! own, its commits through the writer.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use futures_util::future::BoxFuture;
 use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::watch;
 
@@ -26,6 +27,9 @@ pub struct EmbeddedConsumer {
     member: u64,
     /// The read connection (`None` while a read has it, or after a cancelled read).
     reader: Option<Connection>,
+    /// The connection lag reads use (opened at the first), apart from `reader`: a lag read
+    /// runs beside the consumer's reads.
+    lag_reader: Arc<Mutex<Option<Connection>>>,
     /// The group generation `positions` was computed for.
     generation: u64,
     /// The assigned partitions and the next offset to read in each (`None`: the group's
@@ -55,6 +59,7 @@ impl EmbeddedConsumer {
             group,
             member,
             reader: Some(reader),
+            lag_reader: Arc::default(),
             generation: u64::MAX,
             positions: BTreeMap::new(),
             rotation: 0,
@@ -78,16 +83,6 @@ impl EmbeddedConsumer {
             .collect();
         self.positions = positions;
         self.generation = generation;
-    }
-
-    /// Runs `f` on the read connection on the blocking pool.
-    async fn with_reader<T: Send + 'static>(
-        &mut self,
-        what: &'static str,
-        f: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
-    ) -> Result<T, QueueError> {
-        let task = self.spawn_on_reader(what, f);
-        self.join_reader(what, task).await
     }
 
     /// Starts `f` on the read connection (opened again if a cancelled job kept it) on the
@@ -215,32 +210,48 @@ impl QueueConsumer for EmbeddedConsumer {
         }
     }
 
-    async fn commit(&mut self, up_to: &[(u32, u64)]) -> Result<(), QueueError> {
-        if up_to.is_empty() {
-            return Ok(());
-        }
-        let next_offsets = up_to.iter().map(|(p, o)| (*p, o.saturating_add(1))).collect();
-        let (topic_id, group) = (self.topic.id, self.group.clone());
-        self.shared
-            .request(|reply| Request::Commit {
-                topic_id,
-                group,
-                next_offsets,
-                reply,
-            })
-            .await
-            .map_err(|e| {
-                QueueError::new(
-                    e.kind,
-                    format!("tenant {} group {}: {}", self.tenant, self.group, e.message),
-                )
-            })
+    fn commit(&mut self, up_to: &[(u32, u64)]) -> BoxFuture<'static, Result<(), QueueError>> {
+        let next_offsets: Vec<(u32, u64)> = up_to.iter().map(|(p, o)| (*p, o.saturating_add(1))).collect();
+        let (shared, topic_id, tenant, group) = (
+            Arc::clone(&self.shared),
+            self.topic.id,
+            self.tenant.clone(),
+            self.group.clone(),
+        );
+        Box::pin(async move {
+            if next_offsets.is_empty() {
+                return Ok(());
+            }
+            let context = format!("tenant {tenant} group {group}");
+            shared
+                .request(|reply| Request::Commit {
+                    topic_id,
+                    group,
+                    next_offsets,
+                    reply,
+                })
+                .await
+                .map_err(|e| QueueError::new(e.kind, format!("{context}: {}", e.message)))
+        })
     }
 
-    async fn lag(&mut self) -> Result<u64, QueueError> {
-        let (topic_id, group) = (self.topic.id, self.group.clone());
-        self.with_reader("computing the lag", move |reader| group_lag(reader, topic_id, &group))
+    fn lag(&mut self) -> BoxFuture<'static, Result<u64, QueueError>> {
+        let (lag_reader, path, topic_id) = (Arc::clone(&self.lag_reader), self.shared.path.clone(), self.topic.id);
+        let context = format!("tenant {} group {}", self.tenant, self.group);
+        let group = self.group.clone();
+        Box::pin(async move {
+            let read = tokio::task::spawn_blocking(move || {
+                let mut reader = lag_reader.lock().unwrap_or_else(|e| e.into_inner());
+                if reader.is_none() {
+                    *reader = Some(open_reader(&path)?);
+                }
+                let reader = reader.as_ref().expect("just opened");
+                group_lag(reader, topic_id, &group).map_err(|e| sqlite_error("computing the lag", e))
+            })
             .await
+            .map_err(|e| internal(format!("computing the lag failed: {e}")))?;
+            read.map_err(|e| QueueError::new(e.kind, format!("{context}: {}", e.message)))
+        })
     }
 
     fn assignment(&mut self) -> Result<Vec<u32>, QueueError> {

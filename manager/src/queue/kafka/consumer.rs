@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use futures_util::StreamExt;
+use futures_util::future::BoxFuture;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
@@ -82,17 +83,16 @@ impl KafkaConsumer {
     fn consumer(&self) -> &Arc<StreamConsumer> {
         self.consumer.as_ref().expect("the consumer is present until dropped")
     }
+}
 
-    /// Runs a blocking librdkafka call on the blocking pool.
-    async fn blocking<T: Send + 'static>(
-        &self,
-        f: impl FnOnce(&StreamConsumer) -> Result<T, QueueError> + Send + 'static,
-    ) -> Result<T, QueueError> {
-        let consumer = Arc::clone(self.consumer());
-        tokio::task::spawn_blocking(move || f(&consumer))
-            .await
-            .map_err(|e| internal(format!("a consumer call failed: {e}")))?
-    }
+/// Runs a blocking librdkafka call of `consumer` on the blocking pool.
+async fn blocking<T: Send + 'static>(
+    consumer: Arc<StreamConsumer>,
+    f: impl FnOnce(&StreamConsumer) -> Result<T, QueueError> + Send + 'static,
+) -> Result<T, QueueError> {
+    tokio::task::spawn_blocking(move || f(&consumer))
+        .await
+        .map_err(|e| internal(format!("a consumer call failed: {e}")))?
 }
 
 #[async_trait]
@@ -137,28 +137,30 @@ impl QueueConsumer for KafkaConsumer {
         Ok(messages)
     }
 
-    async fn commit(&mut self, up_to: &[(u32, u64)]) -> Result<(), QueueError> {
+    fn commit(&mut self, up_to: &[(u32, u64)]) -> BoxFuture<'static, Result<(), QueueError>> {
         if up_to.is_empty() {
-            return Ok(());
+            return Box::pin(std::future::ready(Ok(())));
         }
         let mut list = TopicPartitionList::new();
         for (partition, offset) in up_to {
-            list.add_partition_offset(&self.topic, *partition as i32, Offset::Offset(*offset as i64 + 1))
-                .map_err(|e| kafka_error("building a commit", e))?;
+            if let Err(e) =
+                list.add_partition_offset(&self.topic, *partition as i32, Offset::Offset(*offset as i64 + 1))
+            {
+                return Box::pin(std::future::ready(Err(kafka_error("building a commit", e))));
+            }
         }
         let what = format!("group {} committing on {}", self.group_id, self.topic);
-        self.blocking(move |consumer| {
+        Box::pin(blocking(Arc::clone(self.consumer()), move |consumer| {
             consumer
                 .commit(&list, CommitMode::Sync)
                 .map_err(|e| kafka_error(&what, e))
-        })
-        .await
+        }))
     }
 
-    async fn lag(&mut self) -> Result<u64, QueueError> {
+    fn lag(&mut self) -> BoxFuture<'static, Result<u64, QueueError>> {
         let (topic, timeout, producer) = (self.topic.clone(), self.request_timeout, self.producer.clone());
         let what = format!("group {} reading the lag of {}", self.group_id, self.topic);
-        self.blocking(move |consumer| {
+        Box::pin(blocking(Arc::clone(self.consumer()), move |consumer| {
             let fail = |e| kafka_error(&what, e);
             let metadata = producer.client().fetch_metadata(Some(&topic), timeout).map_err(fail)?;
             let partitions: Vec<i32> = metadata
@@ -185,8 +187,7 @@ impl QueueConsumer for KafkaConsumer {
                 lag += (high - position).max(0) as u64;
             }
             Ok(lag)
-        })
-        .await
+        }))
     }
 
     fn assignment(&mut self) -> Result<Vec<u32>, QueueError> {
