@@ -440,10 +440,7 @@ impl Task {
     /// first; this one goes on in the background.
     async fn commit(&mut self, offsets: Vec<(u32, u64)>) {
         self.finish_commit().await;
-        for (partition, offset) in offsets {
-            let last = self.refused.entry(partition).or_insert(offset);
-            *last = (*last).max(offset);
-        }
+        self.refuse(offsets);
         if self.refused.is_empty() {
             return;
         }
@@ -475,6 +472,11 @@ impl Task {
             self.tenant,
             self.id
         );
+        self.refuse(offsets);
+    }
+
+    /// Adds `offsets` to those still to be committed (the highest per partition).
+    fn refuse(&mut self, offsets: Vec<(u32, u64)>) {
         for (partition, offset) in offsets {
             let last = self.refused.entry(partition).or_insert(offset);
             *last = (*last).max(offset);

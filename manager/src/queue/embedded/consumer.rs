@@ -113,12 +113,13 @@ impl EmbeddedConsumer {
         if reader.is_some() {
             self.reader = reader;
         }
-        result.map_err(|e| {
-            QueueError::new(
-                e.kind,
-                format!("tenant {} group {}: {}", self.tenant, self.group, e.message),
-            )
-        })
+        result.map_err(self.in_group())
+    }
+
+    /// What names this consumer's tenant and group in front of an error of its queue.
+    fn in_group(&self) -> impl FnOnce(QueueError) -> QueueError + Send + 'static {
+        let context = format!("tenant {} group {}", self.tenant, self.group);
+        move |e| QueueError::new(e.kind, format!("{context}: {}", e.message))
     }
 
     /// Reads up to `max` messages from the assigned partitions and advances the positions: the
@@ -211,18 +212,17 @@ impl QueueConsumer for EmbeddedConsumer {
     }
 
     fn commit(&mut self, up_to: &[(u32, u64)]) -> BoxFuture<'static, Result<(), QueueError>> {
-        let next_offsets: Vec<(u32, u64)> = up_to.iter().map(|(p, o)| (*p, o.saturating_add(1))).collect();
-        let (shared, topic_id, tenant, group) = (
+        if up_to.is_empty() {
+            return Box::pin(std::future::ready(Ok(())));
+        }
+        let next_offsets = up_to.iter().map(|(p, o)| (*p, o.saturating_add(1))).collect();
+        let (shared, topic_id, group, in_group) = (
             Arc::clone(&self.shared),
             self.topic.id,
-            self.tenant.clone(),
             self.group.clone(),
+            self.in_group(),
         );
         Box::pin(async move {
-            if next_offsets.is_empty() {
-                return Ok(());
-            }
-            let context = format!("tenant {tenant} group {group}");
             shared
                 .request(|reply| Request::Commit {
                     topic_id,
@@ -231,14 +231,13 @@ impl QueueConsumer for EmbeddedConsumer {
                     reply,
                 })
                 .await
-                .map_err(|e| QueueError::new(e.kind, format!("{context}: {}", e.message)))
+                .map_err(in_group)
         })
     }
 
     fn lag(&mut self) -> BoxFuture<'static, Result<u64, QueueError>> {
         let (lag_reader, path, topic_id) = (Arc::clone(&self.lag_reader), self.shared.path.clone(), self.topic.id);
-        let context = format!("tenant {} group {}", self.tenant, self.group);
-        let group = self.group.clone();
+        let (group, in_group) = (self.group.clone(), self.in_group());
         Box::pin(async move {
             let read = tokio::task::spawn_blocking(move || {
                 let mut reader = lag_reader.lock().unwrap_or_else(|e| e.into_inner());
@@ -250,7 +249,7 @@ impl QueueConsumer for EmbeddedConsumer {
             })
             .await
             .map_err(|e| internal(format!("computing the lag failed: {e}")))?;
-            read.map_err(|e| QueueError::new(e.kind, format!("{context}: {}", e.message)))
+            read.map_err(in_group)
         })
     }
 
