@@ -222,7 +222,7 @@ impl PluginVersion {
 
 /// One batch for an instance.
 struct Process {
-    messages: Arc<[StreamMessage]>,
+    messages: Vec<StreamMessage>,
     batches: mpsc::Sender<HostBatch>,
     done: oneshot::Sender<CallOutcome>,
     cancel: CancellationToken,
@@ -282,14 +282,13 @@ impl Instance {
         &self.version
     }
 
-    /// Hands `messages` to the instance (shared: a retry of the same messages copies none); its
-    /// rows come back through the stream, at most
+    /// Hands `messages` to the instance; its rows come back through the stream, at most
     /// `capacity` batches ahead. `Err` when the instance is closed (its version was retired or
     /// quarantined, or it failed): open a new one. A failed batch does not count towards the
     /// version's quarantine by itself: the caller judges ([`PluginVersion::record_outcome`]).
     pub fn process(
         &self,
-        messages: impl Into<Arc<[StreamMessage]>>,
+        messages: Vec<StreamMessage>,
         capacity: usize,
         cancel: CancellationToken,
     ) -> Result<BatchStream, CallRefused> {
@@ -302,7 +301,7 @@ impl Instance {
         };
         self.commands
             .try_send(Process {
-                messages: messages.into(),
+                messages,
                 batches,
                 done,
                 cancel,

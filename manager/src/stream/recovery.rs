@@ -61,22 +61,21 @@ pub(super) async fn ingest_partition(
     writes: &mut Writes,
     messages: Vec<QueuedMessage>,
 ) -> Result<Ingested, Pause> {
-    let (Some(first), Some(last)) = (messages.first(), messages.last()) else {
+    let (Some(first), Some(last)) = (messages.first().cloned(), messages.last().cloned()) else {
         return Ok(Ingested {
             rejected: 0,
             failures: 0,
             rejected_file: None,
         });
     };
-    let (partition_id, first_offset, last_offset) = (first.partition, first.offset, last.offset);
     let source = Source::Stream {
-        partition: partition_id,
-        first: first_offset,
-        last: last_offset,
+        partition: first.partition,
+        first: first.offset,
+        last: last.offset,
     };
     let path = task.ctx.data_dir.join("rejected-tmp").join(format!(
         "stream-{}-{}-{}-{}.jsonl",
-        task.tenant, partition_id, first_offset, last_offset
+        task.tenant, first.partition, first.offset, last.offset
     ));
     if let Some(parent) = path.parent() {
         let _ = std::fs::create_dir_all(parent);
@@ -92,8 +91,7 @@ pub(super) async fn ingest_partition(
         failures: 0,
         last_error: None,
     };
-    // Shared with the plugin's thread for every try: a retry or a split copies no payload.
-    let messages: Arc<[StreamMessage]> = messages
+    let messages: Vec<StreamMessage> = messages
         .into_iter()
         .map(|m| StreamMessage {
             partition: m.partition,
@@ -104,7 +102,7 @@ pub(super) async fn ingest_partition(
         .collect();
     let mut settled = false;
     for attempt in 0..=retries {
-        match partition.attempt(Arc::clone(&messages)).await {
+        match partition.attempt(&messages).await {
             Ok(()) => {
                 settled = true;
                 break;
@@ -123,12 +121,12 @@ pub(super) async fn ingest_partition(
             "stream: tenant={} instance={} partition {} offsets {}..={}: the plugin keeps failing ({}); finding the messages that make it fail",
             partition.task.tenant,
             partition.task.id,
-            partition_id,
-            first_offset,
-            last_offset,
+            first.partition,
+            first.offset,
+            last.offset,
             partition.last_error.as_ref().map_or("", |e| e.message.as_str())
         );
-        partition.isolate(messages).await?
+        partition.isolate(&messages).await?
     };
     let outcome = match (&partition.last_error, all_failed) {
         (Some(error), true) => Err(error.clone()),
@@ -146,7 +144,7 @@ pub(super) async fn ingest_partition(
 
 impl Partition<'_> {
     /// One try of `messages`: their rows written, their rejected records kept if it succeeds.
-    async fn attempt(&mut self, messages: Arc<[StreamMessage]>) -> Result<(), Failure> {
+    async fn attempt(&mut self, messages: &[StreamMessage]) -> Result<(), Failure> {
         let ctx = Arc::clone(&self.task.ctx);
         let instance = self
             .task
@@ -155,7 +153,7 @@ impl Partition<'_> {
             .map_err(|e| Failure::Pause(Pause(e)))?;
         let config = &ctx.config;
         let stream = instance
-            .process(messages, config.channel_batches, ctx.cancel.clone())
+            .process(messages.to_vec(), config.channel_batches, ctx.cancel.clone())
             .map_err(|e| Failure::Pause(Pause(format!("the plugin instance is closed: {e}"))))?;
         let mut held: Vec<RejectedRecord> = Vec::new();
         self.task.period.calls += 1;
@@ -183,10 +181,10 @@ impl Partition<'_> {
 
     /// Splits `messages` until the ones the plugin fails on are found; those are rejected with
     /// the plugin's error, the others stored. Returns whether every message failed.
-    fn isolate(&mut self, messages: Arc<[StreamMessage]>) -> BoxFuture<'_, Result<bool, Pause>> {
+    fn isolate<'m>(&'m mut self, messages: &'m [StreamMessage]) -> BoxFuture<'m, Result<bool, Pause>> {
         Box::pin(async move {
-            if let [message] = &*messages {
-                return match self.attempt(Arc::clone(&messages)).await {
+            if let [message] = messages {
+                return match self.attempt(messages).await {
                     Ok(()) => Ok(false),
                     Err(Failure::Pause(pause)) => Err(pause),
                     Err(Failure::Plugin(error)) => {
@@ -199,8 +197,8 @@ impl Partition<'_> {
             }
             let (left, right) = messages.split_at(messages.len() / 2);
             let mut all_failed = true;
-            for half in [Arc::<[StreamMessage]>::from(left), Arc::from(right)] {
-                match self.attempt(Arc::clone(&half)).await {
+            for half in [left, right] {
+                match self.attempt(half).await {
                     Ok(()) => all_failed = false,
                     Err(Failure::Pause(pause)) => return Err(pause),
                     Err(Failure::Plugin(_)) => all_failed &= self.isolate(half).await?,

@@ -5,11 +5,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use futures_util::StreamExt;
 use futures_util::future::BoxFuture;
-use futures_util::{FutureExt, StreamExt};
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
-use rdkafka::message::{BorrowedMessage, Message};
+use rdkafka::message::Message;
 use rdkafka::producer::Producer;
 use rdkafka::{Offset, TopicPartitionList};
 
@@ -98,41 +98,40 @@ async fn blocking<T: Send + 'static>(
 #[async_trait]
 impl QueueConsumer for KafkaConsumer {
     async fn poll(&mut self, max: usize, wait: Duration) -> Result<Vec<QueuedMessage>, QueueError> {
+        let deadline = tokio::time::Instant::now() + wait;
         let consumer = Arc::clone(self.consumer());
         let mut stream = consumer.stream();
         let mut messages = Vec::new();
-        let queued = |message: &BorrowedMessage<'_>| QueuedMessage {
-            partition: message.partition() as u32,
-            offset: message.offset() as u64,
-            timestamp_ms: message.timestamp().to_millis().unwrap_or(0),
-            payload: message.payload().unwrap_or_default().to_vec(),
-        };
-        // The first message is waited for, up to `wait`.
-        let deadline = tokio::time::Instant::now() + wait;
-        while messages.is_empty() {
-            match tokio::time::timeout_at(deadline, stream.next()).await {
-                Err(_) | Ok(None) => return Ok(messages),
-                Ok(Some(Ok(message))) => messages.push(queued(&message)),
-                Ok(Some(Err(e))) if !is_transient(&e) => {
+        while messages.len() < max.max(1) {
+            // After the first message, take only what is already fetched.
+            let until = if messages.is_empty() {
+                deadline
+            } else {
+                tokio::time::Instant::now()
+            };
+            let Ok(next) = tokio::time::timeout_at(until, stream.next()).await else {
+                break;
+            };
+            match next {
+                Some(Ok(message)) => messages.push(QueuedMessage {
+                    partition: message.partition() as u32,
+                    offset: message.offset() as u64,
+                    timestamp_ms: message.timestamp().to_millis().unwrap_or(0),
+                    payload: message.payload().unwrap_or_default().to_vec(),
+                }),
+                Some(Err(e)) if messages.is_empty() && !is_transient(&e) => {
                     return Err(kafka_error(
                         &format!("group {} polling {}", self.group_id, self.topic),
                         e,
                     ));
                 }
-                Ok(Some(Err(e))) => {
+                Some(Err(e)) => {
                     log::warn!("kafka queue: group {} polling {}: {e}", self.group_id, self.topic);
+                    if !messages.is_empty() {
+                        break;
+                    }
                 }
-            }
-        }
-        // Then only what is already fetched: no clock read or timer per message.
-        while messages.len() < max {
-            match stream.next().now_or_never() {
-                Some(Some(Ok(message))) => messages.push(queued(&message)),
-                Some(Some(Err(e))) => {
-                    log::warn!("kafka queue: group {} polling {}: {e}", self.group_id, self.topic);
-                    break;
-                }
-                Some(None) | None => break,
+                None => break,
             }
         }
         Ok(messages)
