@@ -154,7 +154,7 @@ pub fn customer_information(tenants: &[TenantSpec]) -> String {
 pub struct Platform {
     /// Its folder.
     pub dir: PathBuf,
-    _temp: Option<tempfile::TempDir>,
+    temp: Option<tempfile::TempDir>,
     child: Option<Child>,
     /// `http://127.0.0.1:<port>`.
     pub url: String,
@@ -206,7 +206,7 @@ impl Platform {
         }
         Platform {
             dir,
-            _temp: Some(temp),
+            temp: Some(temp),
             child: None,
             url: String::new(),
             agent: agent(),
@@ -542,8 +542,16 @@ impl Platform {
 impl Drop for Platform {
     fn drop(&mut self) {
         self.kill9();
-        if std::thread::panicking() {
-            eprintln!("platform log ({}):\n{}", self.dir.display(), self.tail_log());
+        // Keep the folder of a failed test (its whole log and data are the evidence), and every
+        // test's with MYSIMBDP_KEEP_TEST_DIRS set.
+        let failed = std::thread::panicking();
+        if (failed || std::env::var_os("MYSIMBDP_KEEP_TEST_DIRS").is_some())
+            && let Some(temp) = self.temp.take()
+        {
+            let _ = temp.keep();
+        }
+        if failed {
+            eprintln!("platform log ({}, kept):\n{}", self.dir.display(), self.tail_log());
         }
     }
 }

@@ -447,10 +447,15 @@ impl Task {
         let Some(consumer) = self.consumer.as_mut() else {
             return;
         };
-        if let Ok(owned) = consumer.assignment()
-            && !owned.is_empty()
-        {
+        // An empty assignment owns nothing, too: the membership was lost (say the broker came
+        // back after the session timed out) and the consumer is joining again. A commit then
+        // fails with "unknown member", and on Kafka each such failure starts the join over:
+        // retried at every empty poll, it kept the group from forming for minutes.
+        if let Ok(owned) = consumer.assignment() {
             self.refused.retain(|partition, _| owned.contains(partition));
+        }
+        if self.refused.is_empty() {
+            return;
         }
         let offsets: Vec<(u32, u64)> = std::mem::take(&mut self.refused).into_iter().collect();
         let commit = tokio::spawn(consumer.commit(&offsets));
