@@ -24,11 +24,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 
 mod consumer;
 
@@ -79,8 +81,25 @@ impl BrokerWatch {
         }
     }
 
+    /// Watches the deliveries of a request that gave up on them: they stay in the producer's
+    /// queue until their timeout, and the first delivered says a broker answers. Without this,
+    /// only a request whose own messages come through would say so, and while the producer
+    /// catches up after an outage every request could keep failing fast.
+    fn clear_on_delivery(&self, mut deliveries: FuturesUnordered<DeliveryFuture>) {
+        let watch = self.clone();
+        tokio::spawn(async move {
+            while let Some(delivery) = deliveries.next().await {
+                if matches!(delivery, Ok(Ok(_))) {
+                    watch.delivered();
+                    return;
+                }
+            }
+        });
+    }
+
+    /// A message was delivered: a broker answers.
     fn delivered(&self) {
-        if self.down_since_ms.swap(0, Ordering::Relaxed) != 0 {
+        if self.down_since_ms.load(Ordering::Relaxed) != 0 && self.down_since_ms.swap(0, Ordering::Relaxed) != 0 {
             log::info!("kafka queue: the brokers answer again");
         }
     }
@@ -89,8 +108,11 @@ impl BrokerWatch {
 /// The queue's producer (also used for metadata and watermark queries).
 pub type KafkaProducer = FutureProducer<BrokerWatch>;
 
-/// How long a produce call waits for its acknowledgements while every broker is down.
+/// How long every broker must have been down before produce calls fail fast.
 const DOWN_WAIT: Duration = Duration::from_secs(2);
+
+/// How long a produce call waits for its next acknowledgement once every broker is down.
+const DOWN_POLL: Duration = Duration::from_millis(200);
 
 /// The Kafka backend.
 pub struct KafkaQueue {
@@ -282,37 +304,46 @@ impl Queue for KafkaQueue {
                 }
             }
         }
-        // Once every broker has been down for DOWN_WAIT, stop waiting: the client learns at once
-        // and tries again, instead of waiting out the message timeout.
+        // Once every broker has been down for DOWN_WAIT and no acknowledgement came for
+        // DOWN_POLL, stop waiting: the client learns at once and tries again, instead of waiting
+        // out the message timeout. (One timer per request, not one per message.)
         let watch = &self.brokers;
-        let mut all = std::pin::pin!(futures_util::future::join_all(deliveries));
-        let results = loop {
-            match tokio::time::timeout(Duration::from_millis(200), &mut all).await {
-                Ok(results) => break results,
-                Err(_) if watch.down_for() >= DOWN_WAIT => {
-                    return Err(QueueError::new(
-                        QueueErrorKind::Unavailable,
-                        format!(
-                            "kafka queue: tenant {tenant}: every broker is down (some messages may still be delivered)"
-                        ),
-                    ));
-                }
-                Err(_) => {}
-            }
-        };
-        for result in results {
-            match result {
-                Ok(Ok(_)) => {}
-                Ok(Err((e, _))) => return Err(kafka_error(&format!("tenant {tenant}: producing to {topic}"), e)),
-                Err(_) => {
-                    return Err(QueueError::new(
-                        QueueErrorKind::Unavailable,
-                        format!("kafka queue: tenant {tenant}: the producer shut down before delivery"),
-                    ));
+        let mut unacknowledged: FuturesUnordered<DeliveryFuture> = deliveries.into_iter().collect();
+        let mut tick = std::pin::pin!(tokio::time::sleep(DOWN_POLL));
+        let mut acknowledged = false;
+        loop {
+            tokio::select! {
+                biased;
+                delivery = unacknowledged.next() => match delivery {
+                    None => break,
+                    Some(Ok(Ok(_))) => {
+                        acknowledged = true;
+                        watch.delivered();
+                    }
+                    Some(Ok(Err((e, _)))) => {
+                        return Err(kafka_error(&format!("tenant {tenant}: producing to {topic}"), e));
+                    }
+                    Some(Err(_)) => {
+                        return Err(QueueError::new(
+                            QueueErrorKind::Unavailable,
+                            format!("kafka queue: tenant {tenant}: the producer shut down before delivery"),
+                        ));
+                    }
+                },
+                () = &mut tick => {
+                    if !std::mem::take(&mut acknowledged) && watch.down_for() >= DOWN_WAIT {
+                        watch.clear_on_delivery(unacknowledged);
+                        return Err(QueueError::new(
+                            QueueErrorKind::Unavailable,
+                            format!(
+                                "kafka queue: tenant {tenant}: every broker is down (some messages may still be delivered)"
+                            ),
+                        ));
+                    }
+                    tick.as_mut().reset(tokio::time::Instant::now() + DOWN_POLL);
                 }
             }
         }
-        watch.delivered();
         Ok(Produced {
             messages: messages.len() as u64,
             bytes,
