@@ -10,8 +10,10 @@ use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
 use datagen::{Shape, Spec};
-use mysimbdp_tests::platform::{Backend, QueueBackend};
-use mysimbdp_tests::stream::{NDJSON, client1, post_all, readings, start_with_stream, wait_for_count};
+use mysimbdp_tests::platform::{Backend, Platform, QueueBackend, TenantSpec};
+use mysimbdp_tests::stream::{
+    NDJSON, client1, post_all, readings, start_with_stream, wait_for_count, wait_for_stream_plugin,
+};
 use mysimbdp_tests::{Service, slow_tier, wait_until};
 
 const OUTAGE: Duration = Duration::from_secs(20);
@@ -73,6 +75,73 @@ fn a_kafka_broker_stopped_for_20_s_gets_503_with_retry_after_and_every_acknowled
     let (_, instances) = platform.get("/v1/tenants/client1/stream/instances", &tenant.token());
     assert_eq!(instances["instances"][0]["state"], "running", "{instances}");
     eprintln!("kafka outage: statuses {statuses:?}, 12000 messages stored once");
+}
+
+#[test]
+fn a_kafka_broker_down_while_the_stream_lags_makes_the_manager_hold_not_scale_out() {
+    if Service::Kafka.address().is_none() || !slow_tier("kafka outage") {
+        return;
+    }
+    let lab = TenantSpec::new("lab", &["csv"]).with("max_stream_instances", 4);
+    let platform = Platform::start(
+        Backend::Embedded,
+        std::slice::from_ref(&lab),
+        &format!(
+            "{}\n[monitor]\nreport_every_seconds = 0.5\nhold_seconds = 1.5\ncooldown_seconds = 4.0\n",
+            QueueBackend::Kafka.config()
+        ),
+    );
+    platform.install_plugin("lab_stream_v1", "libclientstreamingestapp_lab.so");
+    wait_for_stream_plugin(&platform, &lab);
+    // 5,000 messages the plugin sleeps 1 ms on: seconds of work, read ahead from the broker.
+    let lines: Vec<String> = (0..5000).map(|i| format!("\"SLEEP 1 key{i},{i}\"")).collect();
+    for chunk in lines.chunks(500) {
+        let (status, body, _) = platform.post_messages("lab", "lab-token", NDJSON, chunk.join("\n").as_bytes());
+        assert_eq!(status, 202, "{body}");
+    }
+    let reports = platform.dir.join("client-reports/lab_stream.jsonl");
+    let lagging = || {
+        std::fs::read_to_string(&reports)
+            .unwrap_or_default()
+            .lines()
+            .any(|line| serde_json::from_str::<serde_json::Value>(line).is_ok_and(|r| r["lag"].as_u64() >= Some(1000)))
+    };
+    assert!(
+        wait_until(Duration::from_secs(30), lagging),
+        "no report of the lag: {}",
+        platform.tail_log()
+    );
+    let decisions = || {
+        let (status, body) = platform.get("/v1/tenants/lab/stream/decisions?limit=1000", "lab-token");
+        assert_eq!(status, 200, "{body}");
+        body["decisions"].as_array().cloned().unwrap_or_default()
+    };
+    let before = decisions().len();
+    let outage = Service::Kafka.stop();
+    // The instance finishes what it read ahead, then its rate falls to 0 with the lag still
+    // there: the condition fires, and the manager, finding the queue gone, holds.
+    let mut held = None;
+    let fired = wait_until(Duration::from_secs(60), || {
+        held = decisions().into_iter().skip(before).find(|d| d["action"] == "none");
+        held.is_some()
+    });
+    let during = decisions();
+    outage.end();
+    assert!(
+        fired,
+        "no decision to hold while the broker was down: {during:?}\n{}",
+        platform.tail_log()
+    );
+    let held = held.unwrap();
+    assert!(
+        held["reason"].as_str().unwrap().contains("the queue does not answer"),
+        "{held}"
+    );
+    assert!(
+        !during.iter().skip(before).any(|d| d["action"] == "scale_out"),
+        "scaled out while the broker was down: {during:?}"
+    );
+    wait_for_count(&platform, &lab, "events", 5000, Duration::from_secs(90));
 }
 
 #[test]

@@ -111,6 +111,9 @@ pub type KafkaProducer = FutureProducer<BrokerWatch>;
 /// How long every broker must have been down before produce calls fail fast.
 const DOWN_WAIT: Duration = Duration::from_secs(2);
 
+/// How long [`Queue::reachable`] waits for a broker's answer at most.
+const REACHABLE_WAIT: Duration = Duration::from_secs(2);
+
 /// How long a produce call waits for its next acknowledgement once every broker is down.
 const DOWN_POLL: Duration = Duration::from_millis(200);
 
@@ -270,6 +273,16 @@ impl Queue for KafkaQueue {
 
     async fn partition_count(&self, tenant: &TenantId) -> Result<u32, QueueError> {
         self.partitions(tenant).await
+    }
+
+    async fn reachable(&self, tenant: &TenantId) -> Result<(), QueueError> {
+        let (producer, topic) = (self.producer.clone(), self.topic_name(tenant));
+        let timeout = Duration::from_millis(self.config.request_timeout_ms).min(REACHABLE_WAIT);
+        tokio::task::spawn_blocking(move || producer.client().fetch_metadata(Some(&topic), timeout))
+            .await
+            .map_err(|e| internal(format!("asking a broker failed: {e}")))?
+            .map(|_| ())
+            .map_err(|e| kafka_error(&format!("asking the brokers about tenant {tenant}'s topic"), e))
     }
 
     async fn produce(&self, tenant: &TenantId, messages: Vec<Vec<u8>>) -> Result<Produced, QueueError> {

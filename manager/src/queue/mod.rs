@@ -128,6 +128,13 @@ pub trait Queue: Send + Sync {
     /// The partitions of the tenant's topic (creating it if it is missing).
     async fn partition_count(&self, tenant: &TenantId) -> Result<u32, QueueError>;
 
+    /// Whether the queue answers for the tenant's topic now (one short request to a broker;
+    /// the embedded queue always answers). The stream manager asks before it scales out: more
+    /// instances would wait for the queue like the others.
+    async fn reachable(&self, _tenant: &TenantId) -> Result<(), QueueError> {
+        Ok(())
+    }
+
     /// Appends `messages` to the tenant's topic, spread over its partitions (the messages of
     /// one call that land in one partition keep their order there). Returns once every
     /// message is durable; see the module docs for what an error means.

@@ -1,6 +1,6 @@
 //! The stream manager's decisions: what it does when the monitor notifies it (scale out, scale
-//! in, pause over quota, resume, hold a failing plugin) and when a message arrives for a tenant
-//! running no instance. Each decision is logged as one line and kept, with the threshold and
+//! in, pause over quota, resume, hold a failing plugin, hold while the queue does not answer)
+//! and when a message arrives for a tenant running no instance. Each decision is logged as one line and kept, with the threshold and
 //! the observed values, in the tenant's `_decisions.jsonl`; with `autoscale: false` the tenant's
 //! decisions are kept as what would have been done, and nothing is done.
 
@@ -152,6 +152,16 @@ impl StreamManager {
                     } else {
                         return;
                     }
+                } else if let Err(e) = self.ctx.queue.reachable(&tenant).await {
+                    // The instances wait for the queue (a broker outage also stops the rate and
+                    // holds the lag): another would wait too, and join a rebalance on return.
+                    (
+                        Action::None,
+                        format!(
+                            "{} is past its limit, but the queue does not answer: more instances would wait for it like the others ({e})",
+                            crossed.name
+                        ),
+                    )
                 } else {
                     (
                         Action::ScaleOut,
