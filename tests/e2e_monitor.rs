@@ -7,7 +7,7 @@
 use std::time::{Duration, Instant};
 
 use mysimbdp_tests::platform::{ADMIN_TOKEN, Backend, Platform, QueueBackend, TenantSpec};
-use mysimbdp_tests::stream::{NDJSON, wait_for_count, wait_for_stream_plugin};
+use mysimbdp_tests::stream::{self, NDJSON, slow_messages, wait_for_count, wait_for_stream_plugin};
 use mysimbdp_tests::{slow_tier, wait_until};
 use serde_json::{Value, json};
 
@@ -39,9 +39,7 @@ fn start(lab: &TenantSpec, queue: QueueBackend, monitor: &str) -> Platform {
 }
 
 fn decisions(platform: &Platform) -> Vec<Value> {
-    let (status, body) = platform.get("/v1/tenants/lab/stream/decisions?limit=1000", "lab-token");
-    assert_eq!(status, 200, "{body}");
-    body["decisions"].as_array().cloned().unwrap_or_default()
+    stream::decisions(platform, "lab", "lab-token")
 }
 
 fn instances(platform: &Platform) -> Vec<Value> {
@@ -81,11 +79,6 @@ fn post(platform: &Platform, lines: &[String]) {
         let (status, body, _) = platform.post_messages("lab", "lab-token", NDJSON, chunk.join("\n").as_bytes());
         assert_eq!(status, 202, "{body}");
     }
-}
-
-/// `keys` rows, each a message on which the plugin sleeps `sleep_ms` first.
-fn slow_messages(keys: std::ops::Range<u64>, sleep_ms: u64) -> Vec<String> {
-    keys.map(|i| format!("\"SLEEP {sleep_ms} key{i},{i}\"")).collect()
 }
 
 #[test]

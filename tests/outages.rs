@@ -12,7 +12,8 @@ use std::time::Duration;
 use datagen::{Shape, Spec};
 use mysimbdp_tests::platform::{Backend, Platform, QueueBackend, TenantSpec};
 use mysimbdp_tests::stream::{
-    NDJSON, client1, post_all, readings, start_with_stream, wait_for_count, wait_for_stream_plugin,
+    NDJSON, client1, decisions, post_all, readings, slow_messages, start_with_stream, wait_for_count,
+    wait_for_stream_plugin,
 };
 use mysimbdp_tests::{Service, slow_tier, wait_until};
 
@@ -94,11 +95,14 @@ fn a_kafka_broker_down_while_the_stream_lags_makes_the_manager_hold_not_scale_ou
     platform.install_plugin("lab_stream_v1", "libclientstreamingestapp_lab.so");
     wait_for_stream_plugin(&platform, &lab);
     // 5,000 messages the plugin sleeps 1 ms on: seconds of work, read ahead from the broker.
-    let lines: Vec<String> = (0..5000).map(|i| format!("\"SLEEP 1 key{i},{i}\"")).collect();
-    for chunk in lines.chunks(500) {
-        let (status, body, _) = platform.post_messages("lab", "lab-token", NDJSON, chunk.join("\n").as_bytes());
-        assert_eq!(status, 202, "{body}");
-    }
+    let statuses = post_all(
+        &platform.client(),
+        &lab,
+        &slow_messages(0..5000, 1),
+        500,
+        Duration::ZERO,
+    );
+    assert_eq!(statuses.keys().collect::<Vec<_>>(), [&202], "{statuses:?}");
     let reports = platform.dir.join("client-reports/lab_stream.jsonl");
     let lagging = || {
         std::fs::read_to_string(&reports)
@@ -111,21 +115,17 @@ fn a_kafka_broker_down_while_the_stream_lags_makes_the_manager_hold_not_scale_ou
         "no report of the lag: {}",
         platform.tail_log()
     );
-    let decisions = || {
-        let (status, body) = platform.get("/v1/tenants/lab/stream/decisions?limit=1000", "lab-token");
-        assert_eq!(status, 200, "{body}");
-        body["decisions"].as_array().cloned().unwrap_or_default()
-    };
-    let before = decisions().len();
+    let decided = || decisions(&platform, "lab", "lab-token");
+    let before = decided().len();
     let outage = Service::Kafka.stop();
     // The instance finishes what it read ahead, then its rate falls to 0 with the lag still
     // there: the condition fires, and the manager, finding the queue gone, holds.
     let mut held = None;
     let fired = wait_until(Duration::from_secs(60), || {
-        held = decisions().into_iter().skip(before).find(|d| d["action"] == "none");
+        held = decided().into_iter().skip(before).find(|d| d["action"] == "none");
         held.is_some()
     });
-    let during = decisions();
+    let during = decided();
     outage.end();
     assert!(
         fired,

@@ -185,9 +185,10 @@
 //! A message is delivered again when its batch was not committed: the platform was killed,
 //! storage or the queue failed mid-batch, an instance did not stop in time, its partition
 //! moved to another instance before the commit (a scale-out, or the group forming again after
-//! a broker outage), or `process` failed. The rows it produced may already be written, so the same message must give the
-//! same rows with the same keys (a pure function of the message, no counters or clocks in
-//! key columns): then a redelivered message rewrites its rows and each is stored once.
+//! a broker outage), or `process` failed. The rows it produced may already be written, so the
+//! same message must give the same rows with the same keys (a pure function of the message,
+//! no counters or clocks in key columns): then a redelivered message rewrites its rows and
+//! each is stored once.
 //!
 //! ### Poison messages fail only themselves
 //!

@@ -114,3 +114,17 @@ pub fn invocations(rows: u64, seed: u64) -> Vec<String> {
         .map(str::to_string)
         .collect()
 }
+
+/// `keys` messages for the lab stream plugin, each one it sleeps `sleep_ms` on before it
+/// writes row `key<i>` of `events`.
+pub fn slow_messages(keys: std::ops::Range<u64>, sleep_ms: u64) -> Vec<String> {
+    keys.map(|i| format!("\"SLEEP {sleep_ms} key{i},{i}\"")).collect()
+}
+
+/// The stream manager's decisions for `tenant`, oldest first
+/// (`GET /v1/tenants/{t}/stream/decisions`).
+pub fn decisions(platform: &Platform, tenant: &str, token: &str) -> Vec<serde_json::Value> {
+    let (status, body) = platform.get(&format!("/v1/tenants/{tenant}/stream/decisions?limit=1000"), token);
+    assert_eq!(status, 200, "{body}");
+    body["decisions"].as_array().cloned().unwrap_or_default()
+}

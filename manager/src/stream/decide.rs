@@ -1,8 +1,9 @@
 //! The stream manager's decisions: what it does when the monitor notifies it (scale out, scale
 //! in, pause over quota, resume, hold a failing plugin, hold while the queue does not answer)
-//! and when a message arrives for a tenant running no instance. Each decision is logged as one line and kept, with the threshold and
-//! the observed values, in the tenant's `_decisions.jsonl`; with `autoscale: false` the tenant's
-//! decisions are kept as what would have been done, and nothing is done.
+//! and when a message arrives for a tenant running no instance. Each decision is logged as one
+//! line and kept, with the threshold and the observed values, in the tenant's
+//! `_decisions.jsonl`; with `autoscale: false` the tenant's decisions are kept as what would
+//! have been done, and nothing is done.
 
 use std::sync::Arc;
 
