@@ -7,8 +7,9 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use datagen::{Shape, Spec};
 use mysimbdp_tests::platform::{
-    ADMIN_TOKEN, Backend, Client, Platform, QueueBackend, TenantSpec, customer_information,
+    ADMIN_TOKEN, Backend, Client, Platform, QueueBackend, TenantSpec, customer_information, free_port,
 };
 use mysimbdp_tests::stream::{
     NDJSON, client1, invocations, post_all, readings, start_with_stream, wait_for_count, wait_for_stream_plugin,
@@ -54,6 +55,49 @@ fn posted_messages_become_rows_once_and_malformed_requests_produce_nothing() {
         instance["messages"], 503,
         "the malformed request's messages never arrived"
     );
+}
+
+#[test]
+fn with_no_kafka_broker_answering_the_platform_starts_ingests_files_and_refuses_messages_with_503() {
+    let tenant = client1();
+    let nobody = format!(
+        "[queue]\nbackend = \"kafka\"\nkafka.brokers = \"127.0.0.1:{}\"\n",
+        free_port()
+    );
+    let platform = start_with_stream(Backend::Embedded, std::slice::from_ref(&tenant), &nobody);
+    assert!(
+        platform.log().contains("no broker of 127.0.0.1:"),
+        "the missing broker is not logged: {}",
+        platform.tail_log()
+    );
+
+    let (status, body) = platform.upload(
+        "client1",
+        &tenant.token(),
+        "a.csv",
+        &Spec::rows(Shape::Client1Csv, 300).to_vec(),
+    );
+    assert_eq!(status, 201, "{body}");
+    let file_id = body["file_id"].as_str().unwrap();
+    let report = platform.wait_for_report("client1", &tenant.token(), file_id, Duration::from_secs(60));
+    assert_eq!(report["status"], "done", "{report}");
+    assert_eq!(platform.count("client1", &tenant.token(), "readings"), 300);
+
+    // Topic lookups and produce calls fail fast while every broker is known to be down.
+    for _ in 0..3 {
+        let (status, body, headers) = platform.post_messages(
+            "client1",
+            &tenant.token(),
+            NDJSON,
+            readings(10, 3).join("\n").as_bytes(),
+        );
+        assert_eq!(status, 503, "{body}");
+        assert!(retry_after(&headers).is_some(), "503 without Retry-After: {body}");
+        assert!(body["error"].as_str().unwrap().contains("broker"), "{body}");
+    }
+    let (status, instances) = platform.get("/v1/tenants/client1/stream/instances", &tenant.token());
+    assert_eq!(status, 200, "{instances}");
+    assert_eq!(platform.get("/healthz", "").0, 200, "the platform lives");
 }
 
 /// Waits until the tenant's first instance shows `value` in `field` (its counters are updated

@@ -79,6 +79,55 @@ fn a_kafka_broker_stopped_for_20_s_gets_503_with_retry_after_and_every_acknowled
 }
 
 #[test]
+fn a_platform_started_while_the_kafka_broker_is_down_ingests_files_and_streams_once_the_broker_is_back() {
+    if Service::Kafka.address().is_none() || !slow_tier("kafka outage") {
+        return;
+    }
+    let tenant = client1();
+    let outage = Service::Kafka.stop();
+    let platform = start_with_stream(
+        Backend::Embedded,
+        std::slice::from_ref(&tenant),
+        &QueueBackend::Kafka.config(),
+    );
+    let csv = Spec::rows(Shape::Client1Csv, 300).with_seed(77).to_vec();
+    let (status, body) = platform.upload("client1", &tenant.token(), "a.csv", &csv);
+    assert_eq!(status, 201, "{body}");
+    let report = platform.wait_for_report(
+        "client1",
+        &tenant.token(),
+        body["file_id"].as_str().unwrap(),
+        Duration::from_secs(60),
+    );
+    assert_eq!(report["status"], "done", "{report}");
+    let from_file = platform.count("client1", &tenant.token(), "readings");
+    assert_eq!(from_file, 300, "{report}");
+
+    let lines = readings(3000, 78);
+    let first = lines[..100].join("\n");
+    let (status, body, headers) = platform.post_messages("client1", &tenant.token(), NDJSON, first.as_bytes());
+    assert_eq!(status, 503, "{body}");
+    assert!(headers.contains_key("retry-after"), "503 without Retry-After: {body}");
+    outage.end();
+    // Without a delivery to say so, the producer learns that a broker answers from its probe.
+    let mut last = None;
+    let accepted = wait_until(Duration::from_secs(60), || {
+        let response = platform.post_messages("client1", &tenant.token(), NDJSON, first.as_bytes());
+        let done = response.0 == 202;
+        last = Some(response);
+        done
+    });
+    assert!(
+        accepted,
+        "no 202 after the broker came back: {last:?}\n{}",
+        platform.tail_log()
+    );
+    let statuses = post_all(&platform.client(), &tenant, &lines[100..], 100, Duration::ZERO);
+    assert_eq!(statuses.keys().collect::<Vec<_>>(), [&202], "{statuses:?}");
+    wait_for_count(&platform, &tenant, "readings", 3300, Duration::from_secs(90));
+}
+
+#[test]
 fn a_kafka_broker_down_while_the_stream_lags_makes_the_manager_hold_not_scale_out() {
     if Service::Kafka.address().is_none() || !slow_tier("kafka outage") {
         return;

@@ -70,7 +70,8 @@ pub async fn serve(options: ServeOptions, shutdown: impl std::future::Future<Out
     ));
     let dms = open_coredms(&config, &data_dir, limiter).await?;
     // The queue carries the near-realtime messages; opening it at start surfaces a broken
-    // setting or an unreachable broker now rather than at the first message.
+    // setting now rather than at the first message. A Kafka broker that does not answer is
+    // logged, not fatal: the batch half works without the queue, and the stream half waits.
     let queue = crate::queue::open(&config.queue, &data_dir)
         .await
         .context("opening the queue ([queue] in the settings)")?;

@@ -557,7 +557,7 @@ impl Drop for Platform {
 }
 
 /// A port nothing listens on now.
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a port to listen on");
     listener.local_addr().unwrap().port()
 }

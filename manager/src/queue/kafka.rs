@@ -90,18 +90,46 @@ impl BrokerWatch {
         tokio::spawn(async move {
             while let Some(delivery) = deliveries.next().await {
                 if matches!(delivery, Ok(Ok(_))) {
-                    watch.delivered();
+                    watch.answered();
                     return;
                 }
             }
         });
     }
 
-    /// A message was delivered: a broker answers.
-    fn delivered(&self) {
+    /// A message was delivered, or a broker answered a metadata request: a broker answers.
+    fn answered(&self) {
         if self.down_since_ms.load(Ordering::Relaxed) != 0 && self.down_since_ms.swap(0, Ordering::Relaxed) != 0 {
             log::info!("kafka queue: the brokers answer again");
         }
+    }
+
+    /// No broker answered the check at start, which waited `waited`.
+    fn down_at_start(&self, waited: Duration) {
+        let since = super::now_ms() - i64::try_from(waited.max(DOWN_WAIT).as_millis()).unwrap_or(i64::MAX);
+        self.down_since_ms.store(since.max(1), Ordering::Relaxed);
+    }
+
+    /// While every broker is reported down, asks for the cluster's metadata every
+    /// [`DOWN_PROBE_EVERY`]; the first answer clears the flag. Without it the flag would wait
+    /// for a delivery, and none comes while every request fails fast: a platform that started
+    /// with no broker, or whose producer was idle during an outage, would refuse until then.
+    fn probe_while_down(&self, producer: KafkaProducer) -> tokio::task::AbortHandle {
+        let watch = self.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(DOWN_PROBE_EVERY).await;
+                if watch.down_for().is_zero() {
+                    continue;
+                }
+                let probe = producer.clone();
+                let asked = tokio::task::spawn_blocking(move || probe.client().fetch_metadata(None, DOWN_PROBE_EVERY));
+                if matches!(asked.await, Ok(Ok(_))) {
+                    watch.answered();
+                }
+            }
+        })
+        .abort_handle()
     }
 }
 
@@ -117,6 +145,9 @@ const REACHABLE_WAIT: Duration = Duration::from_secs(2);
 /// How long a produce call waits for its next acknowledgement once every broker is down.
 const DOWN_POLL: Duration = Duration::from_millis(200);
 
+/// How often the brokers are asked whether they answer while every one is reported down.
+const DOWN_PROBE_EVERY: Duration = Duration::from_secs(1);
+
 /// The Kafka backend.
 pub struct KafkaQueue {
     config: KafkaQueueConfig,
@@ -128,10 +159,22 @@ pub struct KafkaQueue {
     topics: Mutex<HashMap<TenantId, u32>>,
     /// Round-robin counter for the partition of the next message.
     round_robin: AtomicU64,
+    /// The task that asks the brokers whether they answer while they are reported down.
+    prober: tokio::task::AbortHandle,
+}
+
+impl Drop for KafkaQueue {
+    fn drop(&mut self) {
+        self.prober.abort();
+    }
 }
 
 impl KafkaQueue {
-    /// Creates the producer and the admin client and checks that a broker answers.
+    /// Creates the producer and the admin client and asks whether a broker answers. None
+    /// answering is not an error: the platform starts (its batch half does not need the queue),
+    /// produce calls and new consumers fail fast as [`QueueErrorKind::Unavailable`] until a
+    /// broker answers, and running consumers wait for one. A setting librdkafka refuses is an
+    /// error.
     pub async fn connect(config: &QueueConfig) -> Result<Self, QueueError> {
         let kafka = config.kafka.clone();
         let message_max_bytes = (config.max_message_bytes + FRAMING_BYTES).to_string();
@@ -157,15 +200,28 @@ impl KafkaQueue {
             .create()
             .map_err(|e| kafka_error("creating the admin client", e))?;
         let probe = producer.clone();
-        let timeout = Duration::from_millis(kafka.request_timeout_ms);
-        let broker_count = tokio::task::spawn_blocking(move || probe.client().fetch_metadata(None, timeout))
+        let timeout = Duration::from_millis(kafka.request_timeout_ms).min(REACHABLE_WAIT);
+        let asked = tokio::task::spawn_blocking(move || probe.client().fetch_metadata(None, timeout))
             .await
-            .map_err(|e| internal(format!("checking the brokers failed: {e}")))?
-            .map_err(|e| kafka_error(&format!("reaching {}", kafka.brokers), e))?
-            .brokers()
-            .len();
-        log::info!("kafka queue: connected to {} brokers={broker_count}", kafka.brokers);
+            .map_err(|e| internal(format!("checking the brokers failed: {e}")))?;
+        match asked {
+            Ok(metadata) => log::info!(
+                "kafka queue: connected to {} brokers={}",
+                kafka.brokers,
+                metadata.brokers().len()
+            ),
+            Err(e) => {
+                brokers.down_at_start(timeout);
+                log::error!(
+                    "kafka queue: no broker of {} answered within {timeout:?} ({e}); the platform starts, and \
+                     the message API answers 503 and stream instances wait until one answers",
+                    kafka.brokers
+                );
+            }
+        }
+        let prober = brokers.probe_while_down(producer.clone());
         Ok(KafkaQueue {
+            prober,
             brokers,
             config: kafka,
             max_message_bytes: config.max_message_bytes,
@@ -194,6 +250,12 @@ impl KafkaQueue {
             return Ok(partitions);
         }
         let topic = self.topic_name(tenant);
+        if self.brokers.down_for() >= DOWN_WAIT {
+            return Err(QueueError::new(
+                QueueErrorKind::Unavailable,
+                format!("kafka queue: tenant {tenant}: every broker is down, topic {topic} cannot be looked up"),
+            ));
+        }
         let max_message_bytes = (self.max_message_bytes + FRAMING_BYTES).to_string();
         let new_topic = NewTopic::new(
             &topic,
@@ -331,7 +393,7 @@ impl Queue for KafkaQueue {
                     None => break,
                     Some(Ok(Ok(_))) => {
                         acknowledged = true;
-                        watch.delivered();
+                        watch.answered();
                     }
                     Some(Ok(Err((e, _)))) => {
                         return Err(kafka_error(&format!("tenant {tenant}: producing to {topic}"), e));
