@@ -99,14 +99,16 @@ fn lag_from_a_slow_plugin_scales_out_the_lag_drains_and_idle_scales_back_in_each
             Some("max_lag") => {
                 assert_eq!(threshold["limit"], 300.0, "{out}");
                 assert!(threshold["value"].as_f64().unwrap() > 300.0, "{out}");
+                assert!(out["observed"]["lag"].as_u64().unwrap() > 300, "{out}");
             }
             Some("min_messages_per_second") => {
                 assert_eq!(threshold["limit"], 100.0, "{out}");
                 assert!(threshold["value"].as_f64().unwrap() < 100.0, "{out}");
+                // The rate counts as short only while at least a second's worth waits.
+                assert!(out["observed"]["lag"].as_u64().unwrap() >= 100, "{out}");
             }
             _ => panic!("scaled out for another reason: {out}"),
         }
-        assert!(out["observed"]["lag"].as_u64().unwrap() > 300, "{out}");
         assert!(out["threshold"]["held_seconds"].as_f64().unwrap() >= 1.5, "{out}");
         assert_eq!(
             (out["instances_before"].as_u64(), out["instances_after"].as_u64()),
