@@ -19,15 +19,7 @@ fn client1() -> TenantSpec {
 /// Uploads a small client1 file and waits for it to be done.
 fn ingest_some(platform: &Platform, seed: u64) {
     let csv = Spec::rows(Shape::Client1Csv, 200).with_seed(seed).to_vec();
-    let (status, body) = platform.upload("client1", "client1-token", "r.csv", &csv);
-    assert_eq!(status, 201, "{body}");
-    let report = platform.wait_for_report(
-        "client1",
-        "client1-token",
-        body["file_id"].as_str().unwrap(),
-        Duration::from_secs(60),
-    );
-    assert_eq!(report["status"], "done", "{report}");
+    platform.ingest("client1", "client1-token", "r.csv", &csv);
 }
 
 /// Every plugin the admin API lists, with whether a version of it is loaded.
@@ -202,15 +194,7 @@ fn broken_plugin_files_are_refused_with_a_reason_while_the_platform_ingests_on()
     }
     // After all that, a good file loads and works.
     platform.install_plugin("lab_plugin_v1", "libclientbatchingestapp_lab_csv.so");
-    let (status, body) = platform.upload("lab", &lab.token(), "ok.csv", b"a,1\n");
-    assert_eq!(status, 201);
-    let report = platform.wait_for_report(
-        "lab",
-        &lab.token(),
-        body["file_id"].as_str().unwrap(),
-        Duration::from_secs(60),
-    );
-    assert_eq!(report["status"], "done", "{report}");
+    platform.ingest("lab", &lab.token(), "ok.csv", b"a,1\n");
     // A restart with a broken file in plugins/ is no crash loop either.
     let mut platform = platform;
     std::fs::write(&target, &good[..good.len() / 2]).unwrap();

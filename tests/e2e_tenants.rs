@@ -357,16 +357,7 @@ fn lab_status(platform: &Platform, lab: &TenantSpec) -> serde_json::Value {
 
 /// Uploads `body` for lab and returns its report once done.
 fn lab_file(platform: &Platform, lab: &TenantSpec, body: &str) -> serde_json::Value {
-    let (status, response) = platform.upload("lab", &lab.token(), "items.csv", body.as_bytes());
-    assert_eq!(status, 201, "{response}");
-    let report = platform.wait_for_report(
-        "lab",
-        &lab.token(),
-        response["file_id"].as_str().unwrap(),
-        Duration::from_secs(60),
-    );
-    assert_eq!(report["status"], "done", "{report}");
-    report
+    platform.ingest("lab", &lab.token(), "items.csv", body.as_bytes())
 }
 
 #[test]

@@ -91,15 +91,7 @@ fn a_platform_started_while_the_kafka_broker_is_down_ingests_files_and_streams_o
         &QueueBackend::Kafka.config(),
     );
     let csv = Spec::rows(Shape::Client1Csv, 300).with_seed(77).to_vec();
-    let (status, body) = platform.upload("client1", &tenant.token(), "a.csv", &csv);
-    assert_eq!(status, 201, "{body}");
-    let report = platform.wait_for_report(
-        "client1",
-        &tenant.token(),
-        body["file_id"].as_str().unwrap(),
-        Duration::from_secs(60),
-    );
-    assert_eq!(report["status"], "done", "{report}");
+    let report = platform.ingest("client1", &tenant.token(), "a.csv", &csv);
     let from_file = platform.count("client1", &tenant.token(), "readings");
     assert_eq!(from_file, 300, "{report}");
 

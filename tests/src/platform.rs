@@ -476,6 +476,16 @@ impl Platform {
         read_response(response)
     }
 
+    /// Uploads a file, expecting 201, and returns its report once it is `done`.
+    pub fn ingest(&self, tenant: &str, token: &str, name: &str, body: &[u8]) -> Value {
+        let (status, response) = self.upload(tenant, token, name, body);
+        assert_eq!(status, 201, "{response}");
+        let file_id = response["file_id"].as_str().expect("a 201 names the file");
+        let report = self.wait_for_report(tenant, token, file_id, Duration::from_secs(60));
+        assert_eq!(report["status"], "done", "{report}");
+        report
+    }
+
     /// Waits until a file is `done` or `failed` and returns its report.
     pub fn wait_for_report(&self, tenant: &str, token: &str, file_id: &str, timeout: Duration) -> Value {
         let mut last = Value::Null;

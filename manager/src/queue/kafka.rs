@@ -97,6 +97,11 @@ impl BrokerWatch {
         });
     }
 
+    /// Every broker has been down for [`DOWN_WAIT`]: requests fail fast.
+    fn down(&self) -> bool {
+        self.down_for() >= DOWN_WAIT
+    }
+
     /// A message was delivered, or a broker answered a metadata request: a broker answers.
     fn answered(&self) {
         if self.down_since_ms.load(Ordering::Relaxed) != 0 && self.down_since_ms.swap(0, Ordering::Relaxed) != 0 {
@@ -250,7 +255,7 @@ impl KafkaQueue {
             return Ok(partitions);
         }
         let topic = self.topic_name(tenant);
-        if self.brokers.down_for() >= DOWN_WAIT {
+        if self.brokers.down() {
             return Err(QueueError::new(
                 QueueErrorKind::Unavailable,
                 format!("kafka queue: tenant {tenant}: every broker is down, topic {topic} cannot be looked up"),
@@ -406,7 +411,7 @@ impl Queue for KafkaQueue {
                     }
                 },
                 () = &mut tick => {
-                    if !std::mem::take(&mut acknowledged) && watch.down_for() >= DOWN_WAIT {
+                    if !std::mem::take(&mut acknowledged) && watch.down() {
                         watch.clear_on_delivery(unacknowledged);
                         return Err(QueueError::new(
                             QueueErrorKind::Unavailable,
